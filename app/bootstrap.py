@@ -1,0 +1,86 @@
+"""The composition root: builds the engine, policies, metrics and web application from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.database import build_engine
+from app.metrics import Metrics
+from app.migrate import schema_state, upgrade_to_head
+from app.ssrf import CallbackAllowList
+from app.waiters import RequestWaiters
+from approvals.policies import LoadedPolicies, load_policies
+from approvals.policy_versions import ActivePolicies, record_policy_version
+
+log = structlog.get_logger("approvals")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message tells the operator what to do."""
+
+
+@dataclass
+class Container:
+    """Everything a running service holds, built once at start and passed to whoever needs it."""
+
+    settings: Settings
+    engine: AsyncEngine
+    policies: ActivePolicies
+    allow_list: CallbackAllowList
+    waiters: RequestWaiters = field(default_factory=RequestWaiters)
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+async def prepare_database(engine: AsyncEngine, settings: Settings) -> None:
+    """Migrate when the operator asked for it; otherwise refuse an out-of-date schema."""
+    state = await schema_state(engine)
+    if state.up_to_date:
+        return
+    if settings.migrate_on_start:
+        await upgrade_to_head(engine)
+        log.info("database_migrated", revision=state.head, previous=state.current)
+        return
+    where = "unmigrated" if state.current is None else f"at revision {state.current}"
+    raise StartupError(
+        f"the database is {where}, this version needs {state.head}: run `approvals migrate` "
+        "(or set APPROVALS_AUTO_MIGRATE=true)"
+    )
+
+
+def check_mfa_has_idp(loaded: LoadedPolicies, settings: Settings) -> None:
+    """A policy that demands MFA with no IdP to prove it is a startup error, never a silent bypass."""
+    if settings.oidc_issuer and settings.oidc_client_id:
+        return
+    for rule in loaded.policy_set.policies:
+        if rule.mfa.required:
+            raise StartupError(
+                f"policy {rule.display_name!r} in {loaded.path} requires MFA but no identity provider is "
+                "configured: set APPROVALS_OIDC_ISSUER, APPROVALS_OIDC_CLIENT_ID and "
+                "APPROVALS_OIDC_CLIENT_SECRET, or set mfa.required to false"
+            )
+
+
+async def build_container(
+    settings: Settings, *, loaded: LoadedPolicies | None = None, loaded_by: str = "serve"
+) -> Container:
+    """Load policies, open and check the database, and record the policy version in force."""
+    loaded = loaded or load_policies(settings.policies)
+    check_mfa_has_idp(loaded, settings)
+    engine = build_engine(settings.database_url)
+    try:
+        await prepare_database(engine, settings)
+        async with engine.begin() as conn:
+            policies = await record_policy_version(conn, loaded, loaded_by=loaded_by)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Container(
+        settings=settings,
+        engine=engine,
+        policies=policies,
+        allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
+    )

@@ -1,0 +1,209 @@
+"""The `approvals` command line: serve, migrate, policies and agents (DESIGN section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.bootstrap import StartupError, prepare_database
+from app.config import ConfigError, Settings, load_settings
+from app.database import build_engine
+from app.logs import configure_logging
+from app.migrate import schema_state, upgrade_to_head
+from approvals import agents as agent_cases
+from approvals.errors import DomainError
+from approvals.policies import PolicyError, evaluate, load_policies
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one use case in one transaction on a checked (or auto-migrated) database."""
+    settings = _settings()
+
+    async def run() -> T:
+        engine = build_engine(settings.database_url)
+        try:
+            await prepare_database(engine, settings)
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except StartupError as exc:
+        _fail(f"error: {exc}")
+    except DomainError as exc:
+        _fail(f"error: {exc.message}", 1)
+
+
+@click.group()
+def main() -> None:
+    """Human approval for AI agents, decided in Slack."""
+
+
+@main.command()
+def serve() -> None:
+    """Start the HTTP service, Slack handling and the scheduler."""
+    from app.serve import serve as run_service
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(run_service(settings))
+    except (StartupError, PolicyError) as exc:
+        _fail(f"error: {exc}")
+    except OSError as exc:
+        _fail(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+
+    async def run() -> tuple[str | None, str]:
+        engine = build_engine(settings.database_url)
+        try:
+            before = await schema_state(engine)
+            await upgrade_to_head(engine)
+            return before.current, before.head
+        finally:
+            await engine.dispose()
+
+    try:
+        before, head = asyncio.run(run())
+    except OSError as exc:
+        _fail(f"error: cannot reach the database: {exc}")
+    click.echo(f"database at {head}" + ("" if before == head else f" (was {before or 'empty'})"))
+
+
+@main.group()
+def policies() -> None:
+    """Check policy files."""
+
+
+@policies.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--action", "actions", multiple=True, help="Also show how these actions would be judged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) -> None:
+    """Validate FILE (default: APPROVALS_POLICIES) and report what it holds."""
+    path = file or str(_settings().policies)
+    try:
+        loaded = load_policies(path)
+    except PolicyError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "error": {"path": exc.path, "line": exc.line,
+                                                             "field": exc.field, "message": exc.message}}))
+            sys.exit(1)
+        _fail(str(exc), 1)
+    judged = [
+        {"action": a, "decision": e.decision, "policy": e.policy_name, "reason": e.reason}
+        for a in actions
+        for e in [evaluate(loaded.policy_set, a)]
+    ]
+    if as_json:
+        click.echo(json.dumps({"valid": True, "path": path, "sha256": loaded.sha256,
+                               "policies": [r.display_name for r in loaded.policy_set.policies],
+                               "evaluations": judged}))
+        return
+    click.echo(f"{path}: OK, {len(loaded.policy_set.policies)} policies, sha256 {loaded.sha256[:16]}")
+    for item in judged:
+        click.echo(f"  {item['action']}: {item['decision']} ({item['reason']})")
+
+
+@main.group()
+def agents() -> None:
+    """Register and manage agents and their keys."""
+
+
+def _print(value: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(value, indent=2) if as_json else text)
+
+
+@agents.command("add")
+@click.argument("name")
+@click.option("--owner", required=True, help="Email of the person accountable for the agent.")
+@click.option("--actions", required=True, help="Comma-separated action names or globs it may request.")
+@click.option("--purpose", default="", help="What the agent is for.")
+@click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def agents_add(name: str, owner: str, actions: str, purpose: str, risk: str, as_json: bool) -> None:
+    """Register an agent; prints its API key and webhook secret once."""
+    allowed = [a.strip() for a in actions.split(",") if a.strip()]
+
+    async def work(conn: AsyncConnection) -> agent_cases.NewAgent:
+        return await agent_cases.add_agent(conn, name=name, owner=owner, actions=allowed, purpose=purpose,
+                                           risk=risk)  # type: ignore[arg-type]
+
+    new = _in_transaction(work)
+    _print(
+        {"id": new.id, "name": new.name, "api_key": new.api_key, "webhook_secret": new.webhook_secret},
+        as_json,
+        f"agent {new.name} registered ({new.id})\n"
+        f"API key (shown once):        {new.api_key}\n"
+        f"webhook secret (shown once): {new.webhook_secret}",
+    )
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def agents_list(as_json: bool) -> None:
+    """List agents, their allowed actions and active key prefixes."""
+    rows = _in_transaction(agent_cases.list_agents)
+    lines = [
+        f"{r['name']:<24} owner={r['owner']} risk={r['risk']} actions={','.join(r['actions'])}"
+        f"{' REVOKED' if r['revoked'] else ''} keys={','.join(k['prefix'] + '…' for k in r['keys'])}"
+        for r in rows
+    ]
+    _print(rows, as_json, "\n".join(lines) if lines else "no agents")
+
+
+@agents.command("rotate")
+@click.argument("name")
+@click.option("--grace", default=24 * 3600, show_default=True, type=click.IntRange(0, 30 * 24 * 3600),
+              help="Seconds the old key keeps working.")
+@click.option("--json", "as_json", is_flag=True)
+def agents_rotate(name: str, grace: int, as_json: bool) -> None:
+    """Issue a new key; the old one keeps working for the grace period."""
+
+    async def work(conn: AsyncConnection) -> str:
+        return await agent_cases.rotate_agent_key(conn, name=name, grace=dt.timedelta(seconds=grace))
+
+    key = _in_transaction(work)
+    _print({"name": name, "api_key": key, "previous_key_grace_seconds": grace}, as_json,
+           f"new API key for {name} (shown once): {key}\nthe previous key stops working in {grace} s")
+
+
+@agents.command("revoke")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def agents_revoke(name: str, as_json: bool) -> None:
+    """Revoke an agent and all its keys at once."""
+
+    async def work(conn: AsyncConnection) -> None:
+        await agent_cases.revoke_agent(conn, name=name)
+
+    _in_transaction(work)
+    _print({"name": name, "revoked": True}, as_json, f"agent {name} revoked")

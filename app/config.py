@@ -1,0 +1,105 @@
+"""Settings: every environment variable the service reads, validated once at start (DESIGN section 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/approvals.db"
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Slack's settings keep Slack's names; the rest carry the APPROVALS_ prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPROVALS_", env_file=".env", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    policies: Path = Path("policies.yml")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    auto_migrate: bool | None = None  # None: on for SQLite (the embedded default), off otherwise
+    callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    idempotency_retention_hours: int = Field(default=48, ge=24, le=24 * 90)
+    retention_days: int = Field(default=400, ge=365)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    scheduler_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    @field_validator("callback_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("public_url", "slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _slack_pairs(self) -> Settings:
+        if self.slack_bot_token and not (self.slack_signing_secret or self.slack_app_token):
+            raise ValueError("SLACK_SIGNING_SECRET: required when SLACK_BOT_TOKEN is set (HTTP mode)")
+        if (self.slack_signing_secret or self.slack_app_token) and not self.slack_bot_token:
+            raise ValueError("SLACK_BOT_TOKEN: required when Slack is configured")
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def migrate_on_start(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.database_url.startswith("sqlite")
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a settings field, as an operator would type it."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"APPROVALS_{field.upper()}"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it in one line."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings; ConfigError names the first bad setting and what is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [str(part) for part in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if not loc:  # a cross-field rule: its message starts with the setting's name
+            raise ConfigError(f"configuration error: {message}") from None
+        raise ConfigError(f"configuration error: {env_name(loc[0])}: {message}") from None

@@ -1,0 +1,13 @@
+"""How handlers reach the composition root: the container stored under a typed aiohttp AppKey."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.bootstrap import Container
+
+CONTAINER = web.AppKey("container", Container)
+
+
+def container_of(request: web.Request) -> Container:
+    return request.app[CONTAINER]

@@ -1,0 +1,72 @@
+"""One error shape for every failure: {"error": {"code", "message", "field"}}, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from approvals.errors import DomainError
+
+log = structlog.get_logger("approvals.http")
+
+STATUS_BY_KIND = {
+    "invalid": 422,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+}
+
+
+class HttpError(DomainError):
+    """A refusal made by the HTTP layer itself (bad framing, size, media type) with its own status."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(code, message, field)
+        self.status = status
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="approvals"'} if status == 401 else None
+    return web.json_response(
+        {"error": {"code": code, "message": message, "field": field}}, status=status, headers=headers
+    )
+
+
+def domain_error_response(error: DomainError) -> web.Response:
+    status = error.status if isinstance(error, HttpError) else STATUS_BY_KIND.get(error.kind, 422)
+    return error_response(status, error.code, error.message, error.field)
+
+
+_AIOHTTP_CODES = {
+    404: ("not_found", "no such endpoint"),
+    405: ("method_not_allowed", "this endpoint does not accept that method"),
+    413: ("body_too_large", "the request body is too large"),
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every refusal into the JSON error shape; log unexpected failures without leaking them."""
+    try:
+        return await handler(request)
+    except DomainError as error:
+        return domain_error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _AIOHTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        return error_response(exc.status, code, message)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "the service failed to handle this request")
+
+
+def problem(status: int, code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The error body alone, for documentation and tests."""
+    return {"error": {"code": code, "message": message, "field": field}}

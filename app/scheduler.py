@@ -1,0 +1,60 @@
+"""Background sweeps on APScheduler: each replica runs its own; the database decides who acts on a row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from app.bootstrap import Container
+from approvals.requests import expire_due_requests, purge_idempotency_keys
+
+log = structlog.get_logger("approvals.scheduler")
+
+
+async def expire_requests_job(container: Container) -> int:
+    """Expire due requests in batches until none are left; wake their long-pollers."""
+    total = 0
+    while True:
+        async with container.engine.begin() as conn:
+            expired = await expire_due_requests(conn, limit=500)
+        for request_id in expired:
+            container.waiters.notify(request_id)
+        total += len(expired)
+        container.metrics.requests_expired.inc(len(expired))
+        if len(expired) < 500:
+            break
+    if total:
+        log.info("requests_expired", count=total)
+    return total
+
+
+async def purge_idempotency_keys_job(container: Container) -> int:
+    keep = dt.timedelta(hours=container.settings.idempotency_retention_hours)
+    async with container.engine.begin() as conn:
+        return await purge_idempotency_keys(conn, keep=keep)
+
+
+def _guarded(name: str, job: Callable[[Container], Awaitable[int]], container: Container) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        # A failed sweep (database restarting, say) is logged and simply tried again next tick.
+        try:
+            await job(container)
+        except Exception:
+            log.exception("job_failed", job=name)
+
+    return run
+
+
+def build_scheduler(container: Container) -> AsyncIOScheduler:
+    """Interval jobs, each an idempotent database sweep; start() it inside the running loop."""
+    scheduler = AsyncIOScheduler(timezone=dt.UTC)
+    interval = container.settings.scheduler_interval_seconds
+    defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    scheduler.add_job(_guarded("expire_requests", expire_requests_job, container), "interval",
+                      seconds=interval, id="expire_requests", **defaults)
+    scheduler.add_job(_guarded("purge_idempotency_keys", purge_idempotency_keys_job, container), "interval",
+                      hours=1, id="purge_idempotency_keys", **defaults)
+    return scheduler

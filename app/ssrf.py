@@ -1,0 +1,82 @@
+"""SSRF guard for agent callback URLs: only public addresses, unless the operator allowed a host or CIDR."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from approvals.errors import InvalidInput
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+RESOLVE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CallbackAllowList:
+    """APPROVALS_CALLBACK_ALLOW_HOSTS: exact host names and IP networks that may be non-public."""
+
+    hosts: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, entries: list[str]) -> CallbackAllowList:
+        hosts, networks = set(), []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.networks)
+
+
+def is_public(address: IPAddress) -> bool:
+    """Public unicast only: loopback, private, link-local (cloud metadata), shared, reserved are not."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address a host name resolves to (an IP literal resolves to itself)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
+    )
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+async def check_callback_url(url: str, allow: CallbackAllowList, *, field: str = "callback_url") -> None:
+    """Refuse a URL whose host is, or resolves to, a non-public address the operator did not allow.
+
+    Called when a request is accepted and again before every delivery (DNS can change in between).
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if allow.allows_host(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = await resolve(host, port)
+    except (OSError, TimeoutError, UnicodeError):
+        raise InvalidInput("callback_url_unresolvable", f"{field}: host {host!r} does not resolve", field) from None
+    for address in addresses:
+        if not is_public(address) and not allow.allows_address(address):
+            raise InvalidInput(
+                "callback_url_forbidden",
+                f"{field}: {host!r} resolves to {address}, a non-public address; "
+                "the operator can allow it with APPROVALS_CALLBACK_ALLOW_HOSTS",
+                field,
+            )

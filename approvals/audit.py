@@ -1,0 +1,137 @@
+"""The tamper-evident audit log: per-chain hash-linked events, appended inside the caller's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.tables import audit_events, chain_heads
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte form we hash: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def format_time(value: dt.datetime) -> str:
+    """Timestamps inside hashes: UTC, microseconds, 'Z', the same on every backend."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(
+    *,
+    chain_id: str,
+    seq: int,
+    kind: str,
+    actor: str,
+    data: Any,
+    created_at: dt.datetime,
+    prev_hash: str,
+) -> str:
+    """SHA-256 over the canonical JSON of everything an event says, linked to the one before it."""
+    body = {
+        "chain_id": chain_id,
+        "seq": seq,
+        "kind": kind,
+        "actor": actor,
+        "data": data,
+        "created_at": format_time(created_at),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class AppendedEvent:
+    chain_id: str
+    seq: int
+    hash: str
+
+
+async def append_event(
+    conn: AsyncConnection, *, chain_id: str, kind: str, actor: str, data: dict[str, Any]
+) -> AppendedEvent:
+    """Append one event to a chain. Appends to one chain are ordered by a lock on its head row only."""
+    await insert_ignoring_conflict(conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH})
+    head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
+    if is_postgres(conn):
+        head_query = head_query.with_for_update()
+    head = (await conn.execute(head_query)).one()
+    seq, prev_hash = head.seq + 1, head.hash
+    # Round-trip through JSON so the hash covers exactly what the database will give back.
+    data = json.loads(canonical_json(data))
+    created_at = await db_now(conn)
+    digest = event_hash(
+        chain_id=chain_id,
+        seq=seq,
+        kind=kind,
+        actor=actor,
+        data=data,
+        created_at=created_at,
+        prev_hash=prev_hash,
+    )
+    await conn.execute(
+        audit_events.insert().values(
+            chain_id=chain_id,
+            seq=seq,
+            kind=kind,
+            actor=actor,
+            data=data,
+            created_at=created_at,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+    )
+    await conn.execute(
+        update(chain_heads).where(chain_heads.c.chain_id == chain_id).values(seq=seq, hash=digest)
+    )
+    return AppendedEvent(chain_id=chain_id, seq=seq, hash=digest)
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    chain_id: str
+    seq: int
+    problem: str
+
+
+async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | None:
+    """Recompute one chain; the first broken link, or None when every hash and link holds."""
+    rows = (
+        await conn.execute(
+            select(audit_events).where(audit_events.c.chain_id == chain_id).order_by(audit_events.c.seq)
+        )
+    ).all()
+    prev_hash, expected_seq = GENESIS_HASH, 1
+    for row in rows:
+        if row.seq != expected_seq:
+            return ChainBreak(chain_id, expected_seq, f"event {expected_seq} is missing")
+        if row.prev_hash != prev_hash:
+            return ChainBreak(chain_id, row.seq, "prev_hash does not match the event before it")
+        recomputed = event_hash(
+            chain_id=row.chain_id,
+            seq=row.seq,
+            kind=row.kind,
+            actor=row.actor,
+            data=row.data,
+            created_at=row.created_at,
+            prev_hash=row.prev_hash,
+        )
+        if recomputed != row.hash:
+            return ChainBreak(chain_id, row.seq, "event content does not match its hash")
+        prev_hash, expected_seq = row.hash, expected_seq + 1
+    head = (
+        await conn.execute(select(chain_heads).where(chain_heads.c.chain_id == chain_id))
+    ).first()
+    if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
+        return ChainBreak(chain_id, expected_seq, "events after this point were removed")
+    return None

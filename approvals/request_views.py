@@ -1,0 +1,72 @@
+"""What an agent sees of a request: one JSON shape for create, read, cancel and outcome responses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.tables import decisions, requests
+
+FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def render_request(row: Any, decision_rows: list[Any]) -> dict[str, Any]:
+    """The public view of a request row and its human decisions."""
+    outcome = None
+    if row.outcome_status is not None:
+        outcome = {
+            "status": row.outcome_status,
+            "detail": row.outcome_detail,
+            "external_ref": row.outcome_external_ref,
+            "recorded_at": _iso(row.outcome_at),
+        }
+    return {
+        "id": row.id,
+        "status": row.status,
+        "action": row.action,
+        "title": row.title,
+        "summary": row.summary,
+        "params": row.params,
+        "on_behalf_of": row.on_behalf_of,
+        "links": row.links,
+        "callback_url": row.callback_url,
+        "policy": {"name": row.policy_name, "version": row.policy_version_id},
+        "required_approvals": row.required_approvals,
+        "decided_by": row.decided_by,
+        "reason": row.reason,
+        "created_at": _iso(row.created_at),
+        "expires_at": _iso(row.expires_at),
+        "decided_at": _iso(row.decided_at),
+        "decisions": [
+            {
+                "approver": {"id": d.approver_id, "name": d.approver_name, "email": d.approver_email},
+                "decision": d.decision,
+                "reason": d.reason,
+                "mfa": d.mfa,
+                "decided_at": _iso(d.created_at),
+            }
+            for d in decision_rows
+        ],
+        "outcome": outcome,
+        "delivery_error": row.delivery_error,
+    }
+
+
+async def load_request_view(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
+    """Read a request and its decisions as the agent sees them, or None."""
+    row = (await conn.execute(select(requests).where(requests.c.id == request_id))).first()
+    if row is None:
+        return None
+    decision_rows = (
+        await conn.execute(
+            select(decisions).where(decisions.c.request_id == request_id).order_by(decisions.c.id)
+        )
+    ).all()
+    return render_request(row, list(decision_rows))

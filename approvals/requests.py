@@ -1,0 +1,368 @@
+"""Request use cases for agents: create (policy-judged, idempotent), read, cancel, report the outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.agents import Principal, agent_chain
+from approvals.audit import append_event, canonical_json
+from approvals.db import db_now, insert_ignoring_conflict
+from approvals.errors import Conflict, DomainError, Forbidden, NotFound
+from approvals.keys import new_id
+from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue
+from approvals.policies import evaluate
+from approvals.policy_versions import ActivePolicies
+from approvals.request_views import load_request_view
+from approvals.tables import idempotency_keys, requests
+
+DEFAULT_LIFETIME_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A validated request body (the HTTP adapter checks types, sizes and URLs before this)."""
+
+    action: str
+    title: str
+    summary: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    on_behalf_of: str = ""
+    links: list[str] = field(default_factory=list)
+    callback_url: str | None = None
+    expires_in: int | None = None
+
+    def payload_sha256(self) -> str:
+        """A hash of exactly what the agent asked for, kept in the chain."""
+        body = {
+            "action": self.action,
+            "title": self.title,
+            "summary": self.summary,
+            "params": self.params,
+            "on_behalf_of": self.on_behalf_of,
+            "links": self.links,
+            "callback_url": self.callback_url,
+            "expires_in": self.expires_in,
+        }
+        return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Created:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class KeyInUse:
+    """Another transaction holds this Idempotency-Key: read its stored answer after this one ends."""
+
+
+async def create_request(
+    conn: AsyncConnection,
+    *,
+    principal: Principal,
+    new: NewRequest,
+    policies: ActivePolicies,
+    idempotency_key: str | None = None,
+) -> Created | KeyInUse | DomainError:
+    """Judge a new request against policy and store it with its audit events and outbox rows.
+
+    Refusals that must leave a trace (an action outside the allowlist) are returned, not raised,
+    so the caller commits the audit event before answering.
+    """
+    assert principal.agent_id is not None
+    now = await db_now(conn)
+    payload_sha256 = new.payload_sha256()
+    if idempotency_key is not None:
+        # On PostgreSQL this INSERT waits for any concurrent holder of the key to finish.
+        claimed = await insert_ignoring_conflict(
+            conn,
+            idempotency_keys,
+            {
+                "agent_id": principal.agent_id,
+                "key": idempotency_key,
+                "body_sha256": payload_sha256,
+                "created_at": now,
+            },
+        )
+        if not claimed:
+            return KeyInUse()
+
+    if not principal.may_request(new.action):
+        await append_event(
+            conn,
+            chain_id=agent_chain(principal.agent_id),
+            kind="action_refused",
+            actor=f"agent:{principal.agent_name}",
+            data={"action": new.action, "reason": "not_in_allowlist", "payload_sha256": payload_sha256},
+        )
+        if idempotency_key is not None:
+            await conn.execute(
+                idempotency_keys.delete().where(
+                    idempotency_keys.c.agent_id == principal.agent_id,
+                    idempotency_keys.c.key == idempotency_key,
+                )
+            )
+        return Forbidden(
+            "action_not_allowed",
+            f"agent {principal.agent_name!r} may not request action {new.action!r}",
+            "action",
+        )
+
+    evaluation = evaluate(policies.policy_set, new.action)
+    rule = evaluation.rule
+    max_lifetime = rule.expires_in if rule is not None else DEFAULT_LIFETIME_SECONDS
+    lifetime = min(new.expires_in or max_lifetime, max_lifetime)
+    status = {"allow": "approved", "deny": "rejected", "require_approval": "pending"}[evaluation.decision]
+    final = status != "pending"
+    request_id = new_id("req_")
+    await conn.execute(
+        requests.insert().values(
+            id=request_id,
+            agent_id=principal.agent_id,
+            action=new.action,
+            title=new.title,
+            summary=new.summary,
+            params=new.params,
+            payload_sha256=payload_sha256,
+            on_behalf_of=new.on_behalf_of,
+            links=new.links,
+            callback_url=new.callback_url,
+            status=status,
+            decided_by="policy" if final else None,
+            reason=evaluation.reason if final else None,
+            policy_name=evaluation.policy_name,
+            policy_version_id=policies.version,
+            policy_rule=rule.model_dump(mode="json") if rule is not None else None,
+            required_approvals=rule.required_approvals if rule is not None else 1,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=lifetime),
+            decided_at=now if final else None,
+        )
+    )
+    actor = f"agent:{principal.agent_name}"
+    await append_event(
+        conn,
+        chain_id=request_id,
+        kind="request_created",
+        actor=actor,
+        data={
+            "agent_id": principal.agent_id,
+            "agent": principal.agent_name,
+            "action": new.action,
+            "on_behalf_of": new.on_behalf_of,
+            "payload_sha256": payload_sha256,
+            "callback_url": new.callback_url,
+            "expires_in_requested": new.expires_in,
+            "expires_at": (now + dt.timedelta(seconds=lifetime)).isoformat(),
+            "idempotency_key": idempotency_key,
+        },
+    )
+    await append_event(
+        conn,
+        chain_id=request_id,
+        kind="policy_evaluated",
+        actor="policy",
+        data={
+            "inputs": {"action": new.action, "agent": principal.agent_name},
+            "policy": evaluation.policy_name,
+            "policy_version": policies.version,
+            "policy_sha256": policies.sha256,
+            "rule_index": evaluation.rule_index,
+            "decision": evaluation.decision,
+            "reason": evaluation.reason,
+        },
+    )
+    if final:
+        await _finalised(conn, request_id=request_id, status=status, actor="policy", now=now,
+                         data={"decided_by": "policy", "reason": evaluation.reason}, notify_slack=False)
+    else:
+        await enqueue(conn, kind=SLACK_NOTIFY, dedupe_key=f"{SLACK_NOTIFY}:{request_id}",
+                      request_id=request_id, payload={}, now=now)
+
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    if idempotency_key is not None:
+        await conn.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.agent_id == principal.agent_id, idempotency_keys.c.key == idempotency_key)
+            .values(request_id=request_id, response_status=201, response_body=view)
+        )
+    return Created(201, view)
+
+
+async def replay_idempotent(
+    conn: AsyncConnection, *, principal: Principal, new: NewRequest, idempotency_key: str
+) -> Created | DomainError | None:
+    """The stored answer for a repeated key: the first response, a 409 for another body, or None (retry)."""
+    row = (
+        await conn.execute(
+            select(idempotency_keys).where(
+                idempotency_keys.c.agent_id == principal.agent_id, idempotency_keys.c.key == idempotency_key
+            )
+        )
+    ).first()
+    if row is None or row.response_status is None:
+        return None
+    if row.body_sha256 != new.payload_sha256():
+        return Conflict(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            "Idempotency-Key",
+        )
+    return Created(int(row.response_status), dict(row.response_body), replayed=True)
+
+
+async def get_request(conn: AsyncConnection, *, principal: Principal, request_id: str) -> dict[str, Any]:
+    """A request the agent owns; another agent's request is indistinguishable from a missing one."""
+    owner = (await conn.execute(select(requests.c.agent_id).where(requests.c.id == request_id))).first()
+    if owner is None or owner.agent_id != principal.agent_id:
+        raise NotFound("request_not_found", f"no request {request_id!r}", "id")
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    return view
+
+
+async def _finalised(
+    conn: AsyncConnection,
+    *,
+    request_id: str,
+    status: str,
+    actor: str,
+    now: dt.datetime,
+    data: dict[str, Any],
+    notify_slack: bool = True,
+) -> None:
+    """The audit event and deliveries every final state owes: the card update and the agent callback."""
+    await append_event(conn, chain_id=request_id, kind=f"request_{status}", actor=actor, data=data)
+    if notify_slack:
+        await enqueue(conn, kind=SLACK_UPDATE, dedupe_key=f"{SLACK_UPDATE}:{request_id}:{status}",
+                      request_id=request_id, payload={"status": status}, now=now)
+    callback = (await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))).scalar()
+    if callback:
+        await enqueue(conn, kind=CALLBACK, dedupe_key=f"{CALLBACK}:{request_id}:{status}",
+                      request_id=request_id, payload={"event": f"request.{status}"}, now=now)
+
+
+async def _owned_status(conn: AsyncConnection, principal: Principal, request_id: str) -> Any:
+    row = (
+        await conn.execute(
+            select(requests.c.agent_id, requests.c.status, requests.c.outcome_status).where(
+                requests.c.id == request_id
+            )
+        )
+    ).first()
+    if row is None or row.agent_id != principal.agent_id:
+        raise NotFound("request_not_found", f"no request {request_id!r}", "id")
+    return row
+
+
+async def cancel_request(conn: AsyncConnection, *, principal: Principal, request_id: str) -> dict[str, Any]:
+    """Withdraw a pending request; only one final state ever wins (a conditional UPDATE decides)."""
+    await _owned_status(conn, principal, request_id)
+    now = await db_now(conn)
+    result = await conn.execute(
+        update(requests)
+        .where(requests.c.id == request_id, requests.c.status == "pending")
+        .values(status="cancelled", decided_by="agent", decided_at=now, reason="cancelled by the agent")
+    )
+    if result.rowcount != 1:
+        current = await _owned_status(conn, principal, request_id)
+        raise Conflict("not_pending", f"request is already {current.status}", "status")
+    await _finalised(conn, request_id=request_id, status="cancelled", actor=f"agent:{principal.agent_name}",
+                     now=now, data={"decided_by": "agent"})
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    return view
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # succeeded | failed
+    detail: str = ""
+    external_ref: str | None = None
+
+
+async def record_outcome(
+    conn: AsyncConnection, *, principal: Principal, request_id: str, outcome: Outcome
+) -> dict[str, Any]:
+    """Close the chain with what the agent did after approval; accepted once, and only after approval."""
+    await _owned_status(conn, principal, request_id)
+    now = await db_now(conn)
+    result = await conn.execute(
+        update(requests)
+        .where(
+            requests.c.id == request_id,
+            requests.c.status == "approved",
+            requests.c.outcome_status.is_(None),
+        )
+        .values(
+            outcome_status=outcome.status,
+            outcome_detail=outcome.detail,
+            outcome_external_ref=outcome.external_ref,
+            outcome_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        current = await _owned_status(conn, principal, request_id)
+        if current.status != "approved":
+            raise Conflict("not_approved", f"an outcome needs an approved request; this one is {current.status}",
+                           "status")
+        raise Conflict("outcome_already_recorded", "the outcome of this request was already recorded", "status")
+    await append_event(
+        conn,
+        chain_id=request_id,
+        kind="outcome_recorded",
+        actor=f"agent:{principal.agent_name}",
+        data={"status": outcome.status, "detail": outcome.detail, "external_ref": outcome.external_ref},
+    )
+    await enqueue(conn, kind=SLACK_UPDATE, dedupe_key=f"{SLACK_UPDATE}:{request_id}:outcome",
+                  request_id=request_id, payload={"status": "outcome"}, now=now)
+    callback = (await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))).scalar()
+    if callback:
+        await enqueue(conn, kind=CALLBACK, dedupe_key=f"{CALLBACK}:{request_id}:outcome",
+                      request_id=request_id, payload={"event": "request.outcome"}, now=now)
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    return view
+
+
+async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> list[str]:
+    """Expire pending requests past their deadline, each exactly once, claiming rows other replicas skip."""
+    now = await db_now(conn)
+    query = (
+        select(requests.c.id)
+        .where(requests.c.status == "pending", requests.c.expires_at <= now)
+        .order_by(requests.c.expires_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    due = [row.id for row in (await conn.execute(query)).all()]
+    expired = []
+    for request_id in due:
+        result = await conn.execute(
+            update(requests)
+            .where(requests.c.id == request_id, requests.c.status == "pending")
+            .values(status="expired", decided_by="system", decided_at=now, reason="no decision before expiry")
+        )
+        if result.rowcount == 1:
+            await _finalised(conn, request_id=request_id, status="expired", actor="scheduler", now=now,
+                             data={"decided_by": "system"})
+            expired.append(request_id)
+    return expired
+
+
+async def purge_idempotency_keys(conn: AsyncConnection, *, keep: dt.timedelta) -> int:
+    """Forget Idempotency-Keys older than `keep` (at least 24 h, as promised to agents)."""
+    now = await db_now(conn)
+    cutoff = now - max(keep, dt.timedelta(hours=24))
+    result = await conn.execute(idempotency_keys.delete().where(idempotency_keys.c.created_at < cutoff))
+    return int(result.rowcount)

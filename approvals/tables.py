@@ -1,0 +1,181 @@
+"""The schema: every table the service keeps, as SQLAlchemy Core. Migrations in `migrations/` build it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from approvals.db import UTCDateTime
+
+# Named constraints so Alembic migrations are identical on SQLite and PostgreSQL.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BigInteger ids autoincrement on PostgreSQL; SQLite needs plain INTEGER for its rowid alias.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("owner", String(320), nullable=False),
+    Column("purpose", Text, nullable=False, default=""),
+    Column("risk", String(10), nullable=False),
+    Column("actions", JSON, nullable=False),
+    # Kept in clear: HMAC signing of callbacks needs the secret itself, not a hash of it.
+    Column("webhook_secret", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("role", String(20), nullable=False),  # agent | auditor
+    Column("agent_id", String(40), ForeignKey("agents.id")),
+    Column("name", String(100), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("content", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("loaded_by", String(200), nullable=False),
+    Column("loaded_at", UTCDateTime, nullable=False),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("agent_id", String(40), ForeignKey("agents.id"), nullable=False),
+    Column("action", String(200), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("payload_sha256", String(64), nullable=False),
+    Column("on_behalf_of", String(320), nullable=False),
+    Column("links", JSON, nullable=False),
+    Column("callback_url", Text),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", String(16)),
+    Column("reason", Text),
+    Column("policy_name", String(200), nullable=False),
+    Column("policy_version_id", BigId, ForeignKey("policy_versions.id"), nullable=False),
+    Column("policy_rule", JSON),
+    Column("required_approvals", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime),
+    Column("outcome_status", String(16)),
+    Column("outcome_detail", Text),
+    Column("outcome_external_ref", String(500)),
+    Column("outcome_at", UTCDateTime),
+    Column("delivery_error", Text),
+    Index("ix_requests_status_expires_at", "status", "expires_at"),
+    Index("ix_requests_agent_id_created_at", "agent_id", "created_at"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("request_id", String(40), ForeignKey("requests.id"), nullable=False),
+    Column("approver_id", String(40), nullable=False),
+    Column("decision", String(10), nullable=False),  # approve | reject
+    Column("reason", Text),
+    Column("approver_name", String(200)),
+    Column("approver_email", String(320)),
+    Column("team_id", String(40)),
+    Column("action_ts", String(40)),
+    Column("policy_version_id", BigId, ForeignKey("policy_versions.id")),
+    Column("mfa", JSON),
+    Column("created_at", UTCDateTime, nullable=False),
+    # The database, not our code, guarantees one decision per approver per request.
+    UniqueConstraint("request_id", "approver_id", name="uq_decisions_request_approver"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("agent_id", String(40), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("body_sha256", String(64), nullable=False),
+    Column("request_id", String(40)),
+    Column("response_status", Integer),
+    Column("response_body", JSON),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # A chain per request ("req_..."); events about an agent or the system get their own chains.
+    Column("chain_id", String(80), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(60), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("chain_id", "seq", name="uq_audit_events_chain_seq"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(40), nullable=False),
+    Column("request_id", String(40)),
+    # Unique per logical delivery, so a use case retried after a crash cannot enqueue it twice.
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | done | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+chain_heads = Table(
+    "chain_heads",
+    metadata,
+    # One row per chain: locking it orders appends within a chain while chains append in parallel.
+    Column("chain_id", String(80), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)

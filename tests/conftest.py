@@ -1,0 +1,204 @@
+"""Test fixtures: real databases (SQLite file and PostgreSQL) built by Alembic, and the real HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import ClientResponse, ClientSession
+from aiohttp.test_utils import TestServer
+from sqlalchemy.engine import make_url
+
+from app.bootstrap import Container, build_container
+from app.config import Settings
+from app.database import build_engine
+from app.migrate import upgrade_to_head
+from app.web import build_app
+from approvals.agents import add_agent
+from approvals.policies import parse_policies
+
+POSTGRES_SERVER_URL = os.environ.get("APPROVALS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
+BACKENDS = [b.strip() for b in os.environ.get("APPROVALS_TEST_BACKENDS", "sqlite,postgresql").split(",")]
+
+TEST_POLICIES = """
+default: deny
+policies:
+  - action: send_offer_letter
+    decision: require_approval
+    approvers: {users: [U01COO, U02CFO]}
+    channel: C0HIRING
+    expires_in: 1h
+    redact: [params.salary]
+  - action: refund_customer
+    decision: require_approval
+    approvers: {users: [U01COO, U02CFO, U03CEO]}
+    required_approvals: 2
+    dm_approvers: true
+    expires_in: 4h
+  - action: read_*
+    decision: allow
+  - action: delete_*
+    decision: deny
+"""
+
+
+def _admin_dsn() -> str:
+    return make_url(POSTGRES_SERVER_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _postgres_available() -> bool:
+    try:
+        with psycopg.connect(_admin_dsn(), connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def worker_name(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per worker; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = build_engine(f"sqlite:///{path}")
+
+    async def migrate() -> None:
+        await upgrade_to_head(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_name: str) -> Iterator[str]:
+    """A database of this worker's own on the PostgreSQL server, built by Alembic."""
+    if not _postgres_available():
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} "
+                        "does not answer")
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"approvals_test_{worker_name}"
+    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    engine = build_engine(url)
+
+    async def migrate() -> None:
+        await upgrade_to_head(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    yield url
+    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _clear_postgres(url: str) -> None:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )]
+        # Replica mode switches off the append-only trigger, which only a superuser may do.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=[b for b in ("sqlite", "postgresql") if b in BACKENDS])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "approvals.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_database")
+    _clear_postgres(url)
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "policies": Path("policies.yml"),
+        "callback_allow_hosts": [],
+        "auto_migrate": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Api:
+    """An HTTP client for the running service, with an agent's key."""
+
+    session: ClientSession
+    base: str
+    key: str
+    container: Container
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", **extra}
+
+    async def post(self, path: str, body: Any = None, *, key: str | None = None, **kw: Any) -> ClientResponse:
+        headers = self.headers(key, **kw.pop("headers", {}))
+        return await self.session.post(self.url(path), json=body, headers=headers, **kw)
+
+    async def get(self, path: str, *, key: str | None = None, **kw: Any) -> ClientResponse:
+        return await self.session.get(self.url(path), headers=self.headers(key), **kw)
+
+    async def add_agent(self, name: str, actions: list[str]) -> str:
+        async with self.container.engine.begin() as conn:
+            new = await add_agent(conn, name=name, owner=f"{name}@example.com", actions=actions)
+        return new.api_key
+
+
+async def start_service(database_url: str, **overrides: Any) -> tuple[Container, TestServer]:
+    run_scheduler = overrides.pop("run_scheduler", False)
+    settings = make_settings(database_url, **overrides)
+    container = await build_container(settings, loaded=parse_policies(TEST_POLICIES, "test-policies.yml"))
+    server = TestServer(build_app(container, run_scheduler=run_scheduler))
+    await server.start_server()
+    return container, server
+
+
+@pytest.fixture
+async def api(database_url: str) -> AsyncIterator[Api]:
+    """The service over real HTTP on a local port, with one registered agent."""
+    container, server = await start_service(database_url)
+    async with ClientSession() as session:
+        client = Api(session=session, base=str(server.make_url("")), key="", container=container)
+        client.key = await client.add_agent("hiring-bot", ["send_offer_letter", "refund_customer", "read_*",
+                                                            "delete_*"])
+        yield client
+    await server.close()
+    await container.engine.dispose()
+
+
+def offer(**overrides: Any) -> dict[str, Any]:
+    """A valid request body for the send_offer_letter action."""
+    body: dict[str, Any] = {
+        "action": "send_offer_letter",
+        "title": "Send offer letter to J. Doe",
+        "summary": "Senior engineer, starts in January",
+        "params": {"candidate": "J. Doe", "salary": 185000},
+        "on_behalf_of": "recruiter@example.com",
+        "links": ["https://ats.example.com/candidates/42"],
+    }
+    body.update(overrides)
+    return body
