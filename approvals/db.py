@@ -49,13 +49,14 @@ async def db_now(conn: AsyncConnection) -> dt.datetime:
 async def insert_ignoring_conflict(
     conn: AsyncConnection, table: Table, values: dict[str, Any], *, returning: Any = None
 ) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING; returns the RETURNING row (None when the row already existed)."""
+    """INSERT ... ON CONFLICT DO NOTHING; the RETURNING row (default: the key), None if it existed.
+
+    RETURNING, not rowcount, tells whether the row was inserted: psycopg reports -1 here.
+    """
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(table).values(**values).on_conflict_do_nothing()
-    if returning is not None:
-        return (await conn.execute(stmt.returning(returning))).first()
-    result = await conn.execute(stmt)
-    return result.rowcount
+    columns = [returning] if returning is not None else list(table.primary_key.columns)
+    return (await conn.execute(stmt.returning(*columns))).first()
 
 
 def is_postgres(conn: AsyncConnection) -> bool:

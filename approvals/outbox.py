@@ -40,4 +40,4 @@ async def enqueue(
             "updated_at": now,
         },
     )
-    return bool(inserted)
+    return inserted is not None

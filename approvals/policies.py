@@ -390,7 +390,8 @@ def _line_at(root: yaml.Node, loc: tuple[int | str, ...]) -> int:
 
 def _policy_error(error: ValidationError, root: yaml.Node, path: str) -> PolicyError:
     found = []
-    for detail in error.errors():
+    # A misspelt key is usually the cause of the other errors (a "missing" field), so it goes first.
+    for detail in sorted(error.errors(), key=lambda detail: detail["type"] != "extra_forbidden"):
         loc = detail["loc"]
         if detail["type"] == _DUPLICATE_RULE:
             loc = (*loc, detail["ctx"]["index"])
@@ -398,8 +399,6 @@ def _policy_error(error: ValidationError, root: yaml.Node, path: str) -> PolicyE
         if detail["type"] == "extra_forbidden":
             message = _unknown_field_message(loc)
         found.append(PolicyError(path, _line_at(root, loc), _field(loc), message))
-    # A misspelt key is usually the cause of the other errors (a "missing" field), so it goes first.
-    found.sort(key=lambda e: not e.message.startswith("unknown field"))
     first = found[0]
     return PolicyError(path, first.line, first.field, first.message, found)
 

@@ -92,7 +92,7 @@ async def create_request(
                 "created_at": now,
             },
         )
-        if not claimed:
+        if claimed is None:
             return KeyInUse()
 
     if not principal.may_request(new.action):

@@ -37,7 +37,7 @@ def test_accepts_seconds_and_suffixed_numbers(value: str | int, seconds: int) ->
         ("15M", "is not a duration"),
         ("1h30m", "is not a duration"),
         ("-5m", "is not a duration"),
-        ("١٥m", "is not a duration"),  # Arabic-Indic digits, which int() would accept
+        ("\u0661\u0665m", "is not a duration"),  # Arabic-Indic digits, which int() would accept
         (0, "0 is not a duration: it must be positive"),
         ("0s", "it must be positive"),
         (-5, "it must be positive"),

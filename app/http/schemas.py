@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from approvals.errors import InvalidInput
 
@@ -35,7 +35,7 @@ def check_http_url(value: str) -> str:
     return value
 
 
-Url = Annotated[str, Field(min_length=1, max_length=2000)]
+Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_http_url)]
 
 
 class CreateRequestBody(BaseModel):
@@ -59,15 +59,6 @@ class CreateRequestBody(BaseModel):
             raise ValueError(f"must not nest deeper than {MAX_PARAMS_DEPTH} levels")
         return value
 
-    @field_validator("links")
-    @classmethod
-    def _links_are_urls(cls, value: list[str]) -> list[str]:
-        return [check_http_url(link) for link in value]
-
-    @field_validator("callback_url")
-    @classmethod
-    def _callback_is_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_http_url(value)
 
 
 class OutcomeBody(BaseModel):

@@ -1,0 +1,366 @@
+"""Intake benchmark: `POST /v1/requests` on PostgreSQL against a bare aiohttp + one-INSERT baseline.
+
+Usage:
+
+    .venv/bin/python bench/intake.py [--duration 10] [--clients 32,8] [--warmup 2]
+                                     [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+
+What it does, in one run on one PostgreSQL server:
+
+1. drops and recreates two databases, `bench_intake` and `bench_baseline`;
+2. starts `approvals serve` (auto-migrating, WARNING logs, a policy that makes `send_offer_letter`
+   a pending request needing approval) and the baseline (bench/_baseline.py: parse the JSON body,
+   one INSERT into a simple table, answer 201) as subprocesses on free ports, and polls `/readyz`
+   on each until it answers 200;
+3. registers an agent with `approvals agents add ... --json` and takes its API key;
+4. for each client count, runs the load generator (bench/_load.py, its own process: N concurrent
+   aiohttp clients for D seconds after a warm-up) against the baseline, then against the service;
+5. prints a table (201s per second, p50/p99/max latency, non-201 responses, CPU used by the server
+   and by the load generator as a share of one core, host CPU busy) with the service/baseline
+   ratios, and whether the targets were met: throughput ratio >= 0.5 at 32 clients, service p99
+   < 50 ms at 8 clients.
+
+It measures and never asserts: the exit status is 0 whatever the figures (non-zero only if it
+could not run at all, e.g. PostgreSQL unreachable or a server that would not start). Both servers
+are always stopped, on error too. Server output goes to a temporary directory whose path is
+printed; the tail of the service's log is shown when it answered anything but 201.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+HERE = Path(__file__).resolve().parent
+SERVICE_DB = "bench_intake"
+BASELINE_DB = "bench_baseline"
+POLICIES = """\
+default: deny
+policies:
+  - action: send_offer_letter
+    decision: require_approval
+    approvers: {users: [U01COO]}
+    channel: C0HIRING
+    expires_in: 24h
+"""
+TARGET_RATIO_AT = 32
+TARGET_RATIO = 0.5
+TARGET_P99_AT = 8
+TARGET_P99_MS = 50.0
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def database_url(server_url: str, name: str) -> str:
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def recreate_databases(server_url: str, names: list[str]) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def approvals_cli() -> str:
+    beside = Path(sys.executable).parent / "approvals"
+    found = str(beside) if beside.exists() else shutil.which("approvals")
+    if found is None:
+        raise SystemExit("cannot find the `approvals` command: install the project into this venv")
+    return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process, from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_busy() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole host, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with status {self.process.returncode} before it was ready:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+                    last = f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.05)  # a polling interval, not a guess at how long startup takes
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s ({last}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path) -> Server:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, env=env, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT)
+    return Server(name, process, port, log)
+
+
+def register_agent(env: dict[str, str], workdir: Path) -> str:
+    done = subprocess.run(
+        [
+            approvals_cli(),
+            "agents",
+            "add",
+            "bench-agent",
+            "--owner",
+            "bench@example.com",
+            "--actions",
+            "send_offer_letter",
+            "--json",
+        ],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"`approvals agents add` failed ({done.returncode}): {done.stderr.strip()}")
+    return str(json.loads(done.stdout)["api_key"])
+
+
+def run_load(
+    server: Server, token: str | None, clients: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        str(HERE / "_load.py"),
+        "--url",
+        f"{server.base}/v1/requests",
+        "--clients",
+        str(clients),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
+    if token:
+        argv += ["--token", token]
+    cpu_before, host_before, wall_before = cpu_seconds(server.process.pid), host_busy(), time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=duration + warmup + 120)
+    wall = time.monotonic() - wall_before
+    cpu_after, host_after = cpu_seconds(server.process.pid), host_busy()
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    # Over the whole load run (start-up and warm-up included), so a little under the window's figure.
+    result["server_cpu"] = (
+        (cpu_after - cpu_before) / wall if cpu_before is not None and cpu_after is not None else None
+    )
+    result["host_busy"] = (
+        (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1])
+        if host_before is not None and host_after is not None
+        else None
+    )
+    return result
+
+
+def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def non_201(result: dict[str, Any]) -> int:
+    return sum(n for status, n in result["statuses"].items() if status != "201")
+
+
+def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float, warmup: float) -> None:
+    print()
+    print(
+        f"POST /v1/requests on PostgreSQL: {duration:g} s measured after {warmup:g} s warm-up per run; "
+        f"{os.cpu_count()} CPUs shared by PostgreSQL, both servers and the load generator"
+    )
+    header = (
+        f"{'clients':>7}  {'server':<9} {'201/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'non-201':>7} {'srv CPU':>8} {'load CPU':>8} {'host busy':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for clients, pair in results.items():
+        for name in ("baseline", "service"):
+            r = pair[name]
+            print(
+                f"{clients:>7}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
+                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(_pct(r['server_cpu']), '.0f', '%'):>8} "
+                f"{fmt(_pct(r['client_cpu']), '.0f', '%'):>8} {fmt(_pct(r['host_busy']), '.0f', '%'):>9}"
+            )
+        base, svc = pair["baseline"], pair["service"]
+        ratio = svc["rps"] / base["rps"] if base["rps"] else None
+        p99_ratio = svc["p99_ms"] / base["p99_ms"] if svc["p99_ms"] and base["p99_ms"] else None
+        print(
+            f"{clients:>7}  {'ratio':<9} {fmt(ratio, '.2f'):>8} {'':>8} {fmt(p99_ratio, '.1f', 'x'):>8}"
+            "   (service/baseline)"
+        )
+    print("(CPU columns: % of one core; srv CPU covers the whole load run including warm-up)")
+
+    print()
+    print("targets:")
+    if TARGET_RATIO_AT in results:
+        pair = results[TARGET_RATIO_AT]
+        ratio = pair["service"]["rps"] / pair["baseline"]["rps"] if pair["baseline"]["rps"] else 0.0
+        verdict = "MET" if ratio >= TARGET_RATIO else "MISSED"
+        print(f"  throughput ratio at {TARGET_RATIO_AT} clients >= {TARGET_RATIO}: {ratio:.2f}  {verdict}")
+    else:
+        print(f"  throughput ratio at {TARGET_RATIO_AT} clients >= {TARGET_RATIO}: not measured")
+    if TARGET_P99_AT in results:
+        p99 = results[TARGET_P99_AT]["service"]["p99_ms"]
+        verdict = "MET" if p99 is not None and p99 < TARGET_P99_MS else "MISSED"
+        shown = fmt(p99, ".1f", " ms")
+        print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: {shown}  {verdict}")
+    else:
+        print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: not measured")
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else value * 100
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    parser.add_argument("--clients", default="32,8", help="comma-separated concurrency levels")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="URL of any database on the server; the bench databases are made beside it",
+    )
+    args = parser.parse_args()
+    levels = [int(part) for part in args.clients.split(",") if part.strip()]
+
+    # SIGTERM becomes SystemExit, so the `finally` below still stops both servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    print(f"server logs in {workdir}")
+    (workdir / "policies.yml").write_text(POLICIES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPROVALS_", "SLACK_"))}
+    env.update(
+        APPROVALS_DATABASE_URL=database_url(args.postgres, SERVICE_DB),
+        APPROVALS_POLICIES=str(workdir / "policies.yml"),
+        APPROVALS_HOST="127.0.0.1",
+        APPROVALS_AUTO_MIGRATE="true",
+        APPROVALS_LOG_LEVEL="WARNING",
+    )
+    servers: list[Server] = []
+    try:
+        recreate_databases(args.postgres, [SERVICE_DB, BASELINE_DB])
+        service_port, baseline_port = free_port(), free_port()
+        service_env = {
+            **env,
+            "APPROVALS_PORT": str(service_port),
+            "APPROVALS_PUBLIC_URL": f"http://127.0.0.1:{service_port}",
+        }
+        baseline_argv = [
+            sys.executable,
+            str(HERE / "_baseline.py"),
+            "--port",
+            str(baseline_port),
+            "--database-url",
+            database_url(args.postgres, BASELINE_DB),
+        ]
+        baseline = start("baseline", baseline_argv, env, baseline_port, workdir)
+        servers.append(baseline)
+        service = start("service", [approvals_cli(), "serve"], service_env, service_port, workdir)
+        servers.append(service)
+        baseline.wait_ready()
+        service.wait_ready()
+        token = register_agent(service_env, workdir)
+
+        results: dict[int, dict[str, dict[str, Any]]] = {}
+        for clients in levels:
+            for name, server, key in (("baseline", baseline, None), ("service", service, token)):
+                print(f"running {name} at {clients} clients ...", flush=True)
+                result = run_load(server, key, clients, args.duration, args.warmup)
+                results.setdefault(clients, {})[name] = result
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"{name} died during the run:\n{server.log_tail()}")
+
+        print_report(results, args.duration, args.warmup)
+        failures = [(c, n, r) for c, pair in results.items() for n, r in pair.items() if non_201(r)]
+        for clients, name, r in failures:
+            print(f"\n{name} at {clients} clients answered non-201: {r['statuses']}")
+            for sample in r["samples"]:
+                print(f"  {sample}")
+        if any(name == "service" for _, name, _ in failures):
+            print(f"\nservice log tail:\n{service.log_tail()}")
+    except (RuntimeError, psycopg.Error, subprocess.TimeoutExpired) as exc:
+        print(f"\nbench could not complete: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
