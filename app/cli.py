@@ -207,3 +207,7 @@ def agents_revoke(name: str, as_json: bool) -> None:
 
     _in_transaction(work)
     _print({"name": name, "revoked": True}, as_json, f"agent {name} revoked")
+
+
+if __name__ == "__main__":
+    main()

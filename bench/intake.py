@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -101,14 +102,42 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def host_busy() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole host, from /proc/stat."""
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds of every process named `postgres` on this host (all PostgreSQL backends)."""
+    total, seen = 0.0, False
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        used = cpu_seconds(int(proc.name))
+        if used is not None:
+            total, seen = total + used, True
+    return total if seen else None
+
+
+def host_cpu_seconds() -> float | None:
+    """Busy (not idle, not iowait) CPU seconds of the whole host since boot, from /proc/stat."""
     try:
         values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
         return None
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float | None]:
+    """CPU seconds so far: the server, all PostgreSQL processes, finished children (the load
+    generator, once waited for) and the whole host; `wall` is a monotonic clock reading."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "server": cpu_seconds(server_pid),
+        "postgres": postgres_cpu_seconds(),
+        "load": children.ru_utime + children.ru_stime,
+        "host": host_cpu_seconds(),
+        "wall": time.monotonic(),
+    }
 
 
 @dataclass
@@ -207,22 +236,23 @@ def run_load(
     ]
     if token:
         argv += ["--token", token]
-    cpu_before, host_before, wall_before = cpu_seconds(server.process.pid), host_busy(), time.monotonic()
+    before = cpu_snapshot(server.process.pid)
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=duration + warmup + 120)
-    wall = time.monotonic() - wall_before
-    cpu_after, host_after = cpu_seconds(server.process.pid), host_busy()
+    after = cpu_snapshot(server.process.pid)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr.strip()}")
     result: dict[str, Any] = json.loads(done.stdout)
-    # Over the whole load run (start-up and warm-up included), so a little under the window's figure.
-    result["server_cpu"] = (
-        (cpu_after - cpu_before) / wall if cpu_before is not None and cpu_after is not None else None
-    )
-    result["host_busy"] = (
-        (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1])
-        if host_before is not None and host_after is not None
-        else None
-    )
+    # Shares of one core over the whole load run (process start and warm-up included).
+    wall = after["wall"] - before["wall"]
+    for name in ("server", "postgres", "load", "host"):
+        start_value, end_value = before[name], after[name]
+        used = None if start_value is None or end_value is None else (end_value - start_value) / wall
+        result[f"{name}_cpu"] = used
+    if result["host_cpu"] is not None:
+        measured = [result[f"{n}_cpu"] for n in ("server", "postgres", "load")]
+        result["other_cpu"] = max(0.0, result["host_cpu"] - sum(v or 0.0 for v in measured))
+    else:
+        result["other_cpu"] = None
     return result
 
 
@@ -235,14 +265,15 @@ def non_201(result: dict[str, Any]) -> int:
 
 
 def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float, warmup: float) -> None:
+    cores = os.cpu_count() or 1
     print()
     print(
         f"POST /v1/requests on PostgreSQL: {duration:g} s measured after {warmup:g} s warm-up per run; "
-        f"{os.cpu_count()} CPUs shared by PostgreSQL, both servers and the load generator"
+        f"{cores} CPUs shared by PostgreSQL, both servers and the load generator"
     )
     header = (
         f"{'clients':>7}  {'server':<9} {'201/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'non-201':>7} {'srv CPU':>8} {'load CPU':>8} {'host busy':>9}"
+        f"{'non-201':>7} {'srv CPU':>8} {'pg CPU':>7} {'load CPU':>8} {'other':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -251,8 +282,8 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
             r = pair[name]
             print(
                 f"{clients:>7}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
-                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(_pct(r['server_cpu']), '.0f', '%'):>8} "
-                f"{fmt(_pct(r['client_cpu']), '.0f', '%'):>8} {fmt(_pct(r['host_busy']), '.0f', '%'):>9}"
+                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {_pct(r['server_cpu']):>8} "
+                f"{_pct(r['postgres_cpu']):>7} {_pct(r['load_cpu']):>8} {_pct(r['other_cpu']):>6}"
             )
         base, svc = pair["baseline"], pair["service"]
         ratio = svc["rps"] / base["rps"] if base["rps"] else None
@@ -261,7 +292,11 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
             f"{clients:>7}  {'ratio':<9} {fmt(ratio, '.2f'):>8} {'':>8} {fmt(p99_ratio, '.1f', 'x'):>8}"
             "   (service/baseline)"
         )
-    print("(CPU columns: % of one core; srv CPU covers the whole load run including warm-up)")
+    print(
+        f"CPU columns: % of one core (the host has {cores}, so {cores * 100}% is all of it) over the whole "
+        "load run, warm-up included: the server under test, all PostgreSQL processes, the load generator, "
+        "and everything else on the host (other = host busy minus those three)"
+    )
 
     print()
     print("targets:")
@@ -281,8 +316,8 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
         print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: not measured")
 
 
-def _pct(value: float | None) -> float | None:
-    return None if value is None else value * 100
+def _pct(share: float | None) -> str:
+    return fmt(None if share is None else share * 100, ".0f", "%")
 
 
 def main() -> int:
@@ -311,6 +346,13 @@ def main() -> int:
         APPROVALS_AUTO_MIGRATE="true",
         APPROVALS_LOG_LEVEL="WARNING",
     )
+    before = host_cpu_seconds()
+    time.sleep(1.0)  # one second of host CPU accounting, to flag a machine busy with other work
+    after = host_cpu_seconds()
+    if before is not None and after is not None:
+        busy = after - before
+        note = "  (other work is running: figures will be noisy)" if busy > 0.2 else ""
+        print(f"host CPU busy before start: {busy:.0%} of one core{note}")
     servers: list[Server] = []
     try:
         recreate_databases(args.postgres, [SERVICE_DB, BASELINE_DB])

@@ -24,7 +24,9 @@ from app.web import build_app
 from approvals.agents import add_agent
 from approvals.policies import parse_policies
 
-POSTGRES_SERVER_URL = os.environ.get("APPROVALS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_SERVER_URL = os.environ.get(
+    "APPROVALS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
 BACKENDS = [b.strip() for b in os.environ.get("APPROVALS_TEST_BACKENDS", "sqlite,postgresql").split(",")]
 
@@ -86,8 +88,10 @@ def postgres_database(worker_name: str) -> Iterator[str]:
     """A database of this worker's own on the PostgreSQL server, built by Alembic."""
     if not _postgres_available():
         if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} "
-                        "does not answer")
+            pytest.fail(
+                f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} "
+                "does not answer"
+            )
         pytest.skip("PostgreSQL is not reachable")
     name = f"approvals_test_{worker_name}"
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
@@ -109,9 +113,12 @@ def postgres_database(worker_name: str) -> Iterator[str]:
 def _clear_postgres(url: str) -> None:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-        )]
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+        ]
         # Replica mode switches off the append-only trigger, which only a superuser may do.
         conn.execute("SET session_replication_role = replica")
         conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
@@ -183,8 +190,9 @@ async def api(database_url: str) -> AsyncIterator[Api]:
     container, server = await start_service(database_url)
     async with ClientSession() as session:
         client = Api(session=session, base=str(server.make_url("")), key="", container=container)
-        client.key = await client.add_agent("hiring-bot", ["send_offer_letter", "refund_customer", "read_*",
-                                                            "delete_*"])
+        client.key = await client.add_agent(
+            "hiring-bot", ["send_offer_letter", "refund_customer", "read_*", "delete_*"]
+        )
         yield client
     await server.close()
     await container.engine.dispose()

@@ -82,8 +82,9 @@ async def test_oversize_chunked_body_is_a_413(api: Api) -> None:
         for _ in range(20):
             yield b"x" * 100_000
 
-    resp = await api.session.post(api.url("/v1/requests"), data=chunks(),
-                                  headers=api.headers(**{"Content-Type": "application/json"}))
+    resp = await api.session.post(
+        api.url("/v1/requests"), data=chunks(), headers=api.headers(**{"Content-Type": "application/json"})
+    )
     await _error(resp, 413)
 
 

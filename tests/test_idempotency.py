@@ -49,7 +49,9 @@ async def test_same_key_with_another_body_is_a_409(api: Api) -> None:
 async def test_keys_belong_to_one_agent(api: Api) -> None:
     other = await api.add_agent("second-bot", ["send_offer_letter"])
     a = await (await api.post("/v1/requests", offer(), headers={"Idempotency-Key": "shared"})).json()
-    b = await (await api.post("/v1/requests", offer(), key=other, headers={"Idempotency-Key": "shared"})).json()
+    b = await (
+        await api.post("/v1/requests", offer(), key=other, headers={"Idempotency-Key": "shared"})
+    ).json()
     assert a["id"] != b["id"]
 
 
@@ -67,8 +69,9 @@ async def test_a_refused_request_does_not_burn_the_key(api: Api) -> None:
     narrow = await api.add_agent("narrow-bot", ["read_*"])
     refused = await api.post("/v1/requests", offer(), key=narrow, headers={"Idempotency-Key": "k-4"})
     assert refused.status == 403
-    allowed = await api.post("/v1/requests", offer(action="read_files"), key=narrow,
-                             headers={"Idempotency-Key": "k-4"})
+    allowed = await api.post(
+        "/v1/requests", offer(action="read_files"), key=narrow, headers={"Idempotency-Key": "k-4"}
+    )
     assert allowed.status == 201
 
 
@@ -78,7 +81,8 @@ async def test_keys_are_kept_at_least_a_day_then_purged(api: Api) -> None:
     async with api.container.engine.begin() as conn:
         row = (await conn.execute(select(idempotency_keys).where(idempotency_keys.c.key == "old"))).one()
         await conn.execute(
-            update(idempotency_keys).where(idempotency_keys.c.key == "old")
+            update(idempotency_keys)
+            .where(idempotency_keys.c.key == "old")
             .values(created_at=row.created_at.replace(year=row.created_at.year - 1))
         )
     assert await purge_idempotency_keys_job(api.container) == 1

@@ -24,10 +24,22 @@ async def test_a_request_that_needs_approval_is_created_pending(api: Api) -> Non
 async def test_creation_writes_audit_events_and_a_slack_outbox_row_with_the_request(api: Api) -> None:
     body = await (await api.post("/v1/requests", offer())).json()
     async with api.container.engine.connect() as conn:
-        kinds = (await conn.execute(
-            select(audit_events.c.kind).where(audit_events.c.chain_id == body["id"]).order_by(audit_events.c.seq)
-        )).scalars().all()
-        queued = (await conn.execute(select(outbox.c.kind).where(outbox.c.request_id == body["id"]))).scalars().all()
+        kinds = (
+            (
+                await conn.execute(
+                    select(audit_events.c.kind)
+                    .where(audit_events.c.chain_id == body["id"])
+                    .order_by(audit_events.c.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        queued = (
+            (await conn.execute(select(outbox.c.kind).where(outbox.c.request_id == body["id"])))
+            .scalars()
+            .all()
+        )
     assert kinds == ["request_created", "policy_evaluated"]
     assert queued == ["slack_notify"]
 
@@ -61,9 +73,11 @@ async def test_an_action_outside_the_allowlist_is_forbidden_and_audited(api: Api
     assert resp.status == 403
     assert (await resp.json())["error"]["code"] == "action_not_allowed"
     async with api.container.engine.connect() as conn:
-        refused = (await conn.execute(
-            select(audit_events.c.data).where(audit_events.c.kind == "action_refused")
-        )).scalars().all()
+        refused = (
+            (await conn.execute(select(audit_events.c.data).where(audit_events.c.kind == "action_refused")))
+            .scalars()
+            .all()
+        )
         created = (await conn.execute(select(func.count()).select_from(requests))).scalar_one()
     assert [r["action"] for r in refused] == ["send_offer_letter"]
     assert created == 0
@@ -87,7 +101,11 @@ async def test_an_agent_reads_its_own_request_and_not_another_agents(api: Api) -
     theirs = await api.get(f"/v1/requests/{created['id']}", key=other)
     assert theirs.status == 404
     missing = await api.get("/v1/requests/req_nothing")
-    assert (await theirs.json())["error"]["code"] == (await missing.json())["error"]["code"] == "request_not_found"
+    assert (
+        (await theirs.json())["error"]["code"]
+        == (await missing.json())["error"]["code"]
+        == "request_not_found"
+    )
     assert theirs.status == missing.status == 404
 
 
@@ -106,9 +124,13 @@ async def test_concurrent_cancels_produce_one_final_state_and_one_event(api: Api
     responses = await asyncio.gather(*(api.post(f"/v1/requests/{created['id']}/cancel") for _ in range(10)))
     assert sorted(r.status for r in responses) == [200] + [409] * 9
     async with api.container.engine.connect() as conn:
-        events = (await conn.execute(select(func.count()).select_from(audit_events).where(
-            audit_events.c.chain_id == created["id"], audit_events.c.kind == "request_cancelled"
-        ))).scalar_one()
+        events = (
+            await conn.execute(
+                select(func.count())
+                .select_from(audit_events)
+                .where(audit_events.c.chain_id == created["id"], audit_events.c.kind == "request_cancelled")
+            )
+        ).scalar_one()
     assert events == 1
 
 
