@@ -114,8 +114,19 @@ def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) ->
         loaded = load_policies(path)
     except PolicyError as exc:
         if as_json:
-            click.echo(json.dumps({"valid": False, "error": {"path": exc.path, "line": exc.line,
-                                                             "field": exc.field, "message": exc.message}}))
+            click.echo(
+                json.dumps(
+                    {
+                        "valid": False,
+                        "error": {
+                            "path": exc.path,
+                            "line": exc.line,
+                            "field": exc.field,
+                            "message": exc.message,
+                        },
+                    }
+                )
+            )
             sys.exit(1)
         _fail(str(exc), 1)
     judged = [
@@ -124,9 +135,17 @@ def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) ->
         for e in [evaluate(loaded.policy_set, a)]
     ]
     if as_json:
-        click.echo(json.dumps({"valid": True, "path": path, "sha256": loaded.sha256,
-                               "policies": [r.display_name for r in loaded.policy_set.policies],
-                               "evaluations": judged}))
+        click.echo(
+            json.dumps(
+                {
+                    "valid": True,
+                    "path": path,
+                    "sha256": loaded.sha256,
+                    "policies": [r.display_name for r in loaded.policy_set.policies],
+                    "evaluations": judged,
+                }
+            )
+        )
         return
     click.echo(f"{path}: OK, {len(loaded.policy_set.policies)} policies, sha256 {loaded.sha256[:16]}")
     for item in judged:
@@ -149,13 +168,16 @@ def _print(value: Any, as_json: bool, text: str) -> None:
 @click.option("--purpose", default="", help="What the agent is for.")
 @click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def agents_add(name: str, owner: str, actions: str, purpose: str, risk: str, as_json: bool) -> None:
+def agents_add(
+    name: str, owner: str, actions: str, purpose: str, risk: agent_cases.Risk, as_json: bool
+) -> None:
     """Register an agent; prints its API key and webhook secret once."""
     allowed = [a.strip() for a in actions.split(",") if a.strip()]
 
     async def work(conn: AsyncConnection) -> agent_cases.NewAgent:
-        return await agent_cases.add_agent(conn, name=name, owner=owner, actions=allowed, purpose=purpose,
-                                           risk=risk)  # type: ignore[arg-type]
+        return await agent_cases.add_agent(
+            conn, name=name, owner=owner, actions=allowed, purpose=purpose, risk=risk
+        )
 
     new = _in_transaction(work)
     _print(
@@ -182,8 +204,13 @@ def agents_list(as_json: bool) -> None:
 
 @agents.command("rotate")
 @click.argument("name")
-@click.option("--grace", default=24 * 3600, show_default=True, type=click.IntRange(0, 30 * 24 * 3600),
-              help="Seconds the old key keeps working.")
+@click.option(
+    "--grace",
+    default=24 * 3600,
+    show_default=True,
+    type=click.IntRange(0, 30 * 24 * 3600),
+    help="Seconds the old key keeps working.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def agents_rotate(name: str, grace: int, as_json: bool) -> None:
     """Issue a new key; the old one keeps working for the grace period."""
@@ -192,8 +219,11 @@ def agents_rotate(name: str, grace: int, as_json: bool) -> None:
         return await agent_cases.rotate_agent_key(conn, name=name, grace=dt.timedelta(seconds=grace))
 
     key = _in_transaction(work)
-    _print({"name": name, "api_key": key, "previous_key_grace_seconds": grace}, as_json,
-           f"new API key for {name} (shown once): {key}\nthe previous key stops working in {grace} s")
+    _print(
+        {"name": name, "api_key": key, "previous_key_grace_seconds": grace},
+        as_json,
+        f"new API key for {name} (shown once): {key}\nthe previous key stops working in {grace} s",
+    )
 
 
 @agents.command("revoke")

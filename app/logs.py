@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,7 @@ _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|api_key|key_has
 _SECRET_VALUES = re.compile(r"(apk_|apa_|whsec_|xox[abprs]-|xapp-)[A-Za-z0-9_\-+/=]+")
 
 
-def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Secrets never reach the log, whoever passed them in by mistake."""
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key):

@@ -13,7 +13,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         self.http_requests = Counter(
-            "approvals_http_requests", "HTTP requests served", ["method", "route", "status"],
+            "approvals_http_requests",
+            "HTTP requests served",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.http_latency = Histogram(

@@ -37,7 +37,9 @@ async def purge_idempotency_keys_job(container: Container) -> int:
         return await purge_idempotency_keys(conn, keep=keep)
 
 
-def _guarded(name: str, job: Callable[[Container], Awaitable[int]], container: Container) -> Callable[[], Awaitable[None]]:
+def _guarded(
+    name: str, job: Callable[[Container], Awaitable[int]], container: Container
+) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         # A failed sweep (database restarting, say) is logged and simply tried again next tick.
         try:
@@ -53,8 +55,18 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=dt.UTC)
     interval = container.settings.scheduler_interval_seconds
     defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-    scheduler.add_job(_guarded("expire_requests", expire_requests_job, container), "interval",
-                      seconds=interval, id="expire_requests", **defaults)
-    scheduler.add_job(_guarded("purge_idempotency_keys", purge_idempotency_keys_job, container), "interval",
-                      hours=1, id="purge_idempotency_keys", **defaults)
+    scheduler.add_job(
+        _guarded("expire_requests", expire_requests_job, container),
+        "interval",
+        seconds=interval,
+        id="expire_requests",
+        **defaults,
+    )
+    scheduler.add_job(
+        _guarded("purge_idempotency_keys", purge_idempotency_keys_job, container),
+        "interval",
+        hours=1,
+        id="purge_idempotency_keys",
+        **defaults,
+    )
     return scheduler

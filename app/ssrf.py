@@ -55,7 +55,7 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     infos = await asyncio.wait_for(
         loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
     )
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
 async def check_callback_url(url: str, allow: CallbackAllowList, *, field: str = "callback_url") -> None:
@@ -71,7 +71,9 @@ async def check_callback_url(url: str, allow: CallbackAllowList, *, field: str =
     try:
         addresses = await resolve(host, port)
     except (OSError, TimeoutError, UnicodeError):
-        raise InvalidInput("callback_url_unresolvable", f"{field}: host {host!r} does not resolve", field) from None
+        raise InvalidInput(
+            "callback_url_unresolvable", f"{field}: host {host!r} does not resolve", field
+        ) from None
     for address in addresses:
         if not is_public(address) and not allow.allows_address(address):
             raise InvalidInput(

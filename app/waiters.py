@@ -12,12 +12,12 @@ class RequestWaiters:
     def __init__(self) -> None:
         self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
 
-    async def wait(self, request_id: str, timeout: float) -> None:
-        """Return when `request_id` is notified or after `timeout` seconds, whichever is first."""
+    async def wait(self, request_id: str, seconds: float) -> None:
+        """Return when `request_id` is notified or after `seconds`, whichever is first."""
         event = asyncio.Event()
         self._events[request_id].add(event)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
             pass
         finally:

@@ -30,8 +30,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
     metrics.http_latency.labels(route).observe(elapsed)
     if route not in ("/healthz", "/metrics"):
-        log.info("http_request", method=request.method, route=route, status=response.status,
-                 duration_ms=round(elapsed * 1000, 1))
+        log.info(
+            "http_request",
+            method=request.method,
+            route=route,
+            status=response.status,
+            duration_ms=round(elapsed * 1000, 1),
+        )
     return response
 
 

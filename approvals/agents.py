@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +25,9 @@ from approvals.keys import (
 from approvals.tables import agents, api_keys
 
 Risk = Literal["low", "medium", "high"]
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+ACTION_PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]-]{1,200}")
 DEFAULT_ROTATION_GRACE = dt.timedelta(hours=24)
 
 
@@ -65,8 +69,16 @@ async def add_agent(
     actor: str = "cli",
 ) -> NewAgent:
     """Register an agent; its key and webhook secret are returned here and never again."""
-    if not actions:
-        raise InvalidInput("actions_required", "an agent needs at least one allowed action", "actions")
+    if not AGENT_NAME.fullmatch(name):
+        raise InvalidInput("invalid_name", "agent names are 1-100 characters: letters, digits, . _ -", "name")
+    if not EMAIL.fullmatch(owner):
+        raise InvalidInput("invalid_owner", f"owner must be an email address, not {owner!r}", "owner")
+    if not actions or not all(ACTION_PATTERN.fullmatch(a) for a in actions):
+        raise InvalidInput(
+            "invalid_actions",
+            "give at least one action name or glob (letters, digits, _ . : - * ?)",
+            "actions",
+        )
     existing = (await conn.execute(select(agents.c.id).where(agents.c.name == name))).first()
     if existing is not None:
         raise Conflict("agent_exists", f"an agent named {name!r} already exists", "name")
@@ -206,7 +218,9 @@ async def authenticate(conn: AsyncConnection, presented_key: str) -> Principal:
     now = await db_now(conn)
     row = (
         await conn.execute(
-            select(api_keys, agents.c.name.label("agent_name"), agents.c.actions, agents.c.revoked_at.label("ar"))
+            select(
+                api_keys, agents.c.name.label("agent_name"), agents.c.actions, agents.c.revoked_at.label("ar")
+            )
             .select_from(api_keys.outerjoin(agents, agents.c.id == api_keys.c.agent_id))
             .where(
                 and_(

@@ -129,9 +129,7 @@ async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | Non
         if recomputed != row.hash:
             return ChainBreak(chain_id, row.seq, "event content does not match its hash")
         prev_hash, expected_seq = row.hash, expected_seq + 1
-    head = (
-        await conn.execute(select(chain_heads).where(chain_heads.c.chain_id == chain_id))
-    ).first()
+    head = (await conn.execute(select(chain_heads).where(chain_heads.c.chain_id == chain_id))).first()
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
         return ChainBreak(chain_id, expected_seq, "events after this point were removed")
     return None

@@ -8,7 +8,7 @@ import secrets
 
 AGENT_KEY_PREFIX = "apk_"
 AUDITOR_KEY_PREFIX = "apa_"
-WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 
 
 def new_api_key(prefix: str) -> str:

@@ -181,18 +181,33 @@ async def create_request(
         },
     )
     if final:
-        await _finalised(conn, request_id=request_id, status=status, actor="policy", now=now,
-                         data={"decided_by": "policy", "reason": evaluation.reason}, notify_slack=False)
+        await _finalised(
+            conn,
+            request_id=request_id,
+            status=status,
+            actor="policy",
+            now=now,
+            data={"decided_by": "policy", "reason": evaluation.reason},
+            notify_slack=False,
+        )
     else:
-        await enqueue(conn, kind=SLACK_NOTIFY, dedupe_key=f"{SLACK_NOTIFY}:{request_id}",
-                      request_id=request_id, payload={}, now=now)
+        await enqueue(
+            conn,
+            kind=SLACK_NOTIFY,
+            dedupe_key=f"{SLACK_NOTIFY}:{request_id}",
+            request_id=request_id,
+            payload={},
+            now=now,
+        )
 
     view = await load_request_view(conn, request_id)
     assert view is not None
     if idempotency_key is not None:
         await conn.execute(
             update(idempotency_keys)
-            .where(idempotency_keys.c.agent_id == principal.agent_id, idempotency_keys.c.key == idempotency_key)
+            .where(
+                idempotency_keys.c.agent_id == principal.agent_id, idempotency_keys.c.key == idempotency_key
+            )
             .values(request_id=request_id, response_status=201, response_body=view)
         )
     return Created(201, view)
@@ -243,12 +258,26 @@ async def _finalised(
     """The audit event and deliveries every final state owes: the card update and the agent callback."""
     await append_event(conn, chain_id=request_id, kind=f"request_{status}", actor=actor, data=data)
     if notify_slack:
-        await enqueue(conn, kind=SLACK_UPDATE, dedupe_key=f"{SLACK_UPDATE}:{request_id}:{status}",
-                      request_id=request_id, payload={"status": status}, now=now)
-    callback = (await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))).scalar()
+        await enqueue(
+            conn,
+            kind=SLACK_UPDATE,
+            dedupe_key=f"{SLACK_UPDATE}:{request_id}:{status}",
+            request_id=request_id,
+            payload={"status": status},
+            now=now,
+        )
+    callback = (
+        await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
+    ).scalar()
     if callback:
-        await enqueue(conn, kind=CALLBACK, dedupe_key=f"{CALLBACK}:{request_id}:{status}",
-                      request_id=request_id, payload={"event": f"request.{status}"}, now=now)
+        await enqueue(
+            conn,
+            kind=CALLBACK,
+            dedupe_key=f"{CALLBACK}:{request_id}:{status}",
+            request_id=request_id,
+            payload={"event": f"request.{status}"},
+            now=now,
+        )
 
 
 async def _owned_status(conn: AsyncConnection, principal: Principal, request_id: str) -> Any:
@@ -276,8 +305,14 @@ async def cancel_request(conn: AsyncConnection, *, principal: Principal, request
     if result.rowcount != 1:
         current = await _owned_status(conn, principal, request_id)
         raise Conflict("not_pending", f"request is already {current.status}", "status")
-    await _finalised(conn, request_id=request_id, status="cancelled", actor=f"agent:{principal.agent_name}",
-                     now=now, data={"decided_by": "agent"})
+    await _finalised(
+        conn,
+        request_id=request_id,
+        status="cancelled",
+        actor=f"agent:{principal.agent_name}",
+        now=now,
+        data={"decided_by": "agent"},
+    )
     view = await load_request_view(conn, request_id)
     assert view is not None
     return view
@@ -313,9 +348,14 @@ async def record_outcome(
     if result.rowcount != 1:
         current = await _owned_status(conn, principal, request_id)
         if current.status != "approved":
-            raise Conflict("not_approved", f"an outcome needs an approved request; this one is {current.status}",
-                           "status")
-        raise Conflict("outcome_already_recorded", "the outcome of this request was already recorded", "status")
+            raise Conflict(
+                "not_approved",
+                f"an outcome needs an approved request; this one is {current.status}",
+                "status",
+            )
+        raise Conflict(
+            "outcome_already_recorded", "the outcome of this request was already recorded", "status"
+        )
     await append_event(
         conn,
         chain_id=request_id,
@@ -323,12 +363,26 @@ async def record_outcome(
         actor=f"agent:{principal.agent_name}",
         data={"status": outcome.status, "detail": outcome.detail, "external_ref": outcome.external_ref},
     )
-    await enqueue(conn, kind=SLACK_UPDATE, dedupe_key=f"{SLACK_UPDATE}:{request_id}:outcome",
-                  request_id=request_id, payload={"status": "outcome"}, now=now)
-    callback = (await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))).scalar()
+    await enqueue(
+        conn,
+        kind=SLACK_UPDATE,
+        dedupe_key=f"{SLACK_UPDATE}:{request_id}:outcome",
+        request_id=request_id,
+        payload={"status": "outcome"},
+        now=now,
+    )
+    callback = (
+        await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
+    ).scalar()
     if callback:
-        await enqueue(conn, kind=CALLBACK, dedupe_key=f"{CALLBACK}:{request_id}:outcome",
-                      request_id=request_id, payload={"event": "request.outcome"}, now=now)
+        await enqueue(
+            conn,
+            kind=CALLBACK,
+            dedupe_key=f"{CALLBACK}:{request_id}:outcome",
+            request_id=request_id,
+            payload={"event": "request.outcome"},
+            now=now,
+        )
     view = await load_request_view(conn, request_id)
     assert view is not None
     return view
@@ -354,8 +408,14 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
             .values(status="expired", decided_by="system", decided_at=now, reason="no decision before expiry")
         )
         if result.rowcount == 1:
-            await _finalised(conn, request_id=request_id, status="expired", actor="scheduler", now=now,
-                             data={"decided_by": "system"})
+            await _finalised(
+                conn,
+                request_id=request_id,
+                status="expired",
+                actor="scheduler",
+                now=now,
+                data={"decided_by": "system"},
+            )
             expired.append(request_id)
     return expired
 

@@ -76,9 +76,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def serve(port: int, database_url: str) -> None:
+async def serve(port: int, database_url: str, pool_size: int, max_overflow: int) -> None:
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = create_async_engine(url, pool_size=10, max_overflow=20)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
     async with engine.begin() as conn:
         await conn.execute(CREATE_TABLE)
     app = web.Application()
@@ -103,8 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database-url", required=True)
+    parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--max-overflow", type=int, default=20)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.database_url))
+    asyncio.run(serve(args.port, args.database_url, args.pool_size, args.max_overflow))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import asyncio
 
 from sqlalchemy import func, select, update
 
-from approvals.tables import idempotency_keys, requests
 from app.scheduler import purge_idempotency_keys_job
+from approvals.tables import idempotency_keys, requests
 from tests.conftest import Api, offer
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from sqlalchemy import text
 
 from app.database import build_engine
-
 from app.http.openapi import openapi_spec
 from app.web import build_app
 from tests.conftest import Api, offer

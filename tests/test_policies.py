@@ -58,7 +58,8 @@ def test_the_example_policies_file_loads_with_the_documented_rules() -> None:
     assert offer.decision == "require_approval"
     assert offer.approvers == Approvers(users=["U01COO"])
     assert offer.channel == "C0HIRING"
-    assert (offer.mfa.required, offer.mfa.max_age) == (True, 600)
+    # MFA is off in the example so the embedded default starts without an IdP (see the file).
+    assert (offer.mfa.required, offer.mfa.max_age) == (False, 600)
     assert offer.expires_in == 24 * 3600
     assert offer.remind_at == ["50%", "90%"]
     assert offer.redact == ["params.salary"]

@@ -7,12 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-import urllib.request
 from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_SERVER_URL, _admin_dsn, _postgres_available

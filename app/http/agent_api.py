@@ -41,8 +41,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise InvalidInput("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters",
-                           "Idempotency-Key")
+        raise InvalidInput(
+            "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters", "Idempotency-Key"
+        )
     return key
 
 
@@ -76,8 +77,12 @@ async def post_request(request: web.Request) -> web.Response:
             raise result
         container.metrics.requests_created.labels(result.body["status"]).inc()
         return _created_response(result)
-    raise HttpError(409, "idempotency_key_busy", "another request with this Idempotency-Key is in flight",
-                    "Idempotency-Key")
+    raise HttpError(
+        409,
+        "idempotency_key_busy",
+        "another request with this Idempotency-Key is in flight",
+        "Idempotency-Key",
+    )
 
 
 def _idempotent_answer(replay: Created | DomainError) -> web.Response:
@@ -129,7 +134,10 @@ async def post_outcome(request: web.Request) -> web.Response:
     body = parse_body(OutcomeBody, await read_json_object(request))
     async with container.engine.begin() as conn:
         view = await record_outcome(
-            conn, principal=principal, request_id=request.match_info["id"], outcome=Outcome(**body.model_dump())
+            conn,
+            principal=principal,
+            request_id=request.match_info["id"],
+            outcome=Outcome(**body.model_dump()),
         )
     container.waiters.notify(view["id"])
     return web.json_response(view)
@@ -140,5 +148,3 @@ def register(app: web.Application) -> None:
     app.router.add_get("/v1/requests/{id}", get_request_view)
     app.router.add_post("/v1/requests/{id}/cancel", post_cancel)
     app.router.add_post("/v1/requests/{id}/outcome", post_outcome)
-
-

@@ -35,7 +35,10 @@ REQUEST_SCHEMA = {
         "on_behalf_of": {"type": "string"},
         "links": {"type": "array", "items": {"type": "string"}},
         "callback_url": {"type": ["string", "null"]},
-        "policy": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "integer"}}},
+        "policy": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "version": {"type": "integer"}},
+        },
         "required_approvals": {"type": "integer"},
         "decided_by": {"enum": ["policy", "human", "agent", "system", None]},
         "reason": {"type": ["string", "null"]},
@@ -69,11 +72,14 @@ def _ok(status: int, description: str) -> dict[str, Any]:
 
 
 def _body(ref: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
 
 
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-SECURED = [{"bearer": []}]
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def openapi_spec(server_url: str) -> dict[str, Any]:
@@ -101,12 +107,18 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "summary": "Ask for approval of an action",
                     "security": SECURED,
                     "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "required": False,
-                         "schema": {"type": "string", "maxLength": 255}},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        },
                     ],
                     "requestBody": _body("CreateRequest"),
                     "responses": {
-                        **_ok(201, "created (or the first response, replayed for a repeated Idempotency-Key)"),
+                        **_ok(
+                            201, "created (or the first response, replayed for a repeated Idempotency-Key)"
+                        ),
                         **_errors(400, 401, 403, 409, 413, 415, 422),
                     },
                 }
@@ -117,8 +129,12 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "security": SECURED,
                     "parameters": [
                         ID_PARAM,
-                        {"name": "wait", "in": "query", "required": False,
-                         "schema": {"type": "integer", "minimum": 0, "maximum": 60}},
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 60},
+                        },
                     ],
                     "responses": {**_ok(200, "the request"), **_errors(401, 404, 422)},
                 }
@@ -147,7 +163,11 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
                 }
             },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "spec"}}}},
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "spec"}}}
+            },
         },
     }

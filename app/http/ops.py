@@ -29,7 +29,12 @@ async def readyz(request: web.Request) -> web.Response:
         )
     if not state.up_to_date:
         return web.json_response(
-            {"status": "unavailable", "database": "not migrated", "current": state.current, "head": state.head},
+            {
+                "status": "unavailable",
+                "database": "not migrated",
+                "current": state.current,
+                "head": state.head,
+            },
             status=503,
         )
     return web.json_response({"status": "ready", "database": "ok", "revision": state.current})

@@ -60,7 +60,6 @@ class CreateRequestBody(BaseModel):
         return value
 
 
-
 class OutcomeBody(BaseModel):
     """POST /v1/requests/{id}/outcome."""
 
