@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.database import build_engine
+from app.dispatcher import OutboxDispatcher
 from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.ssrf import CallbackAllowList
 from app.waiters import RequestWaiters
 from approvals.policies import LoadedPolicies, load_policies
 from approvals.policy_versions import ActivePolicies, record_policy_version
+
+if TYPE_CHECKING:
+    from app.slack.runtime import SlackRuntime
 
 log = structlog.get_logger("approvals")
 
@@ -31,8 +36,15 @@ class Container:
     engine: AsyncEngine
     policies: ActivePolicies
     allow_list: CallbackAllowList
+    dispatcher: OutboxDispatcher
     waiters: RequestWaiters = field(default_factory=RequestWaiters)
     metrics: Metrics = field(default_factory=Metrics)
+    slack: SlackRuntime | None = None
+
+    def committed(self, request_id: str) -> None:
+        """After a commit that changed a request: wake its long-pollers, deliver its outbox rows now."""
+        self.waiters.notify(request_id)
+        self.dispatcher.kick()
 
 
 async def prepare_database(engine: AsyncEngine, settings: Settings) -> None:
@@ -78,9 +90,21 @@ async def build_container(
     except BaseException:
         await engine.dispose()
         raise
-    return Container(
+    container = Container(
         settings=settings,
         engine=engine,
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
+        dispatcher=OutboxDispatcher(engine),
     )
+    if settings.slack_enabled:
+        from app.slack.runtime import build_slack
+
+        container.slack = build_slack(
+            settings,
+            engine=engine,
+            dispatcher=container.dispatcher,
+            waiters=container.waiters,
+            metrics=container.metrics,
+        )
+    return container

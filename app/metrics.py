@@ -24,6 +24,18 @@ class Metrics:
         self.requests_created = Counter(
             "approvals_requests_created", "Approval requests created", ["status"], registry=self.registry
         )
+        self.slack_cards_posted = Counter(
+            "approvals_slack_cards_posted", "Approval cards posted to Slack", registry=self.registry
+        )
+        self.slack_delivery_failures = Counter(
+            "approvals_slack_delivery_failures",
+            "Cards Slack refused for good",
+            ["error"],
+            registry=self.registry,
+        )
+        self.callbacks = Counter(
+            "approvals_callback_attempts", "Agent callback attempts", ["result"], registry=self.registry
+        )
         self.requests_expired = Counter(
             "approvals_requests_expired", "Requests expired by the scheduler", registry=self.registry
         )

@@ -21,7 +21,7 @@ async def expire_requests_job(container: Container) -> int:
         async with container.engine.begin() as conn:
             expired = await expire_due_requests(conn, limit=500)
         for request_id in expired:
-            container.waiters.notify(request_id)
+            container.committed(request_id)
         total += len(expired)
         container.metrics.requests_expired.inc(len(expired))
         if len(expired) < 500:
@@ -29,6 +29,16 @@ async def expire_requests_job(container: Container) -> int:
     if total:
         log.info("requests_expired", count=total)
     return total
+
+
+async def dispatch_outbox_job(container: Container) -> int:
+    """Deliver what is due: other replicas' rows, retries, and rows whose process died mid-delivery."""
+    return await container.dispatcher.run_until_idle()
+
+
+async def stranded_clicks_job(container: Container) -> int:
+    """Decide clicks that were acknowledged but never decided (their process died in between)."""
+    return 0 if container.slack is None else await container.slack.clicks.process_stranded()
 
 
 async def purge_idempotency_keys_job(container: Container) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from app.bootstrap import build_container
 from app.config import Settings
+from app.slack.socket_mode import socket_mode
 from app.web import build_app
 
 log = structlog.get_logger("approvals")
@@ -18,8 +20,14 @@ log = structlog.get_logger("approvals")
 async def serve(settings: Settings) -> None:
     """Run until a stop signal; startup errors propagate before the port is opened."""
     container = await build_container(settings)
-    if not settings.slack_enabled:
+    if container.slack is None:
         log.info("slack_disabled", reason="no SLACK_BOT_TOKEN set; cards are not posted")
+    else:
+        log.info(
+            "slack_enabled",
+            mode="socket" if settings.slack_app_token else "http",
+            api_url=settings.slack_api_url,
+        )
     app = build_app(container)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -37,8 +45,13 @@ async def serve(settings: Settings) -> None:
             policies=str(settings.policies),
             policy_version=container.policies.version,
         )
-        await stop.wait()
-        log.info("stopping")
+        async with contextlib.AsyncExitStack() as stack:
+            if container.slack is not None and settings.slack_app_token is not None:
+                await stack.enter_async_context(
+                    socket_mode(container.slack.bolt, settings.slack_app_token.get_secret_value())
+                )
+            await stop.wait()
+            log.info("stopping")
     finally:
         await runner.cleanup()
         await container.engine.dispose()

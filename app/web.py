@@ -14,6 +14,7 @@ from app.http import agent_api, ops
 from app.http.context import CONTAINER
 from app.http.errors import Handler, json_errors
 from app.scheduler import build_scheduler
+from app.slack import http as slack_http
 
 log = structlog.get_logger("approvals.http")
 
@@ -46,6 +47,7 @@ def build_app(container: Container, *, run_scheduler: bool = True) -> web.Applic
     app[CONTAINER] = container
     agent_api.register(app)
     ops.register(app)
+    slack_http.register(app)
     if run_scheduler:
         app.cleanup_ctx.append(_scheduler_lifetime)
     return app
@@ -56,3 +58,4 @@ async def _scheduler_lifetime(app: web.Application) -> AsyncIterator[None]:
     scheduler.start()
     yield
     scheduler.shutdown(wait=False)
+    await app[CONTAINER].dispatcher.close()

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.outbox import attempts_for
 from approvals.tables import decisions, requests
 
 FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
@@ -17,7 +18,9 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-def render_request(row: Any, decision_rows: list[Any]) -> dict[str, Any]:
+def render_request(
+    row: Any, decision_rows: list[Any], deliveries: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The public view of a request row and its human decisions."""
     outcome = None
     if row.outcome_status is not None:
@@ -56,6 +59,7 @@ def render_request(row: Any, decision_rows: list[Any]) -> dict[str, Any]:
         ],
         "outcome": outcome,
         "delivery_error": row.delivery_error,
+        "deliveries": deliveries or [],
     }
 
 
@@ -69,4 +73,4 @@ async def load_request_view(conn: AsyncConnection, request_id: str) -> dict[str,
             select(decisions).where(decisions.c.request_id == request_id).order_by(decisions.c.id)
         )
     ).all()
-    return render_request(row, list(decision_rows))
+    return render_request(row, list(decision_rows), await attempts_for(conn, request_id))

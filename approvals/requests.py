@@ -181,7 +181,7 @@ async def create_request(
         },
     )
     if final:
-        await _finalised(
+        await finalise(
             conn,
             request_id=request_id,
             status=status,
@@ -245,7 +245,7 @@ async def get_request(conn: AsyncConnection, *, principal: Principal, request_id
     return view
 
 
-async def _finalised(
+async def finalise(
     conn: AsyncConnection,
     *,
     request_id: str,
@@ -305,7 +305,7 @@ async def cancel_request(conn: AsyncConnection, *, principal: Principal, request
     if result.rowcount != 1:
         current = await _owned_status(conn, principal, request_id)
         raise Conflict("not_pending", f"request is already {current.status}", "status")
-    await _finalised(
+    await finalise(
         conn,
         request_id=request_id,
         status="cancelled",
@@ -408,7 +408,7 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
             .values(status="expired", decided_by="system", decided_at=now, reason="no decision before expiry")
         )
         if result.rowcount == 1:
-            await _finalised(
+            await finalise(
                 conn,
                 request_id=request_id,
                 status="expired",

@@ -178,3 +178,50 @@ chain_heads = Table(
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+slack_messages = Table(
+    "slack_messages",
+    metadata,
+    # Every card we posted for a request, so each can be updated when the request changes.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("request_id", String(40), ForeignKey("requests.id"), nullable=False),
+    Column("destination", String(40), nullable=False),  # the channel or user id we posted to
+    Column("channel", String(40), nullable=False),  # the conversation Slack put it in
+    Column("ts", String(40), nullable=False),
+    Column("permalink", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("request_id", "destination", name="uq_slack_messages_request_destination"),
+)
+
+slack_clicks = Table(
+    "slack_clicks",
+    metadata,
+    # The inbox: a click is stored before Slack gets its ack, then decided; a crash loses nothing.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("request_id", String(40), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | done
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("processed_at", UTCDateTime),
+    Index("ix_slack_clicks_status_id", "status", "id"),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    # One row per try of an outbox delivery: what an operator (and an auditor) sees of retries.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("outbox_id", BigId, nullable=False),
+    Column("request_id", String(40)),
+    Column("kind", String(40), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("target", Text),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("latency_ms", Integer),
+    Column("status_code", Integer),
+    Column("result", String(16), nullable=False),  # delivered | retry | failed | gone
+    Column("error", Text),
+    Index("ix_delivery_attempts_request_id", "request_id"),
+)

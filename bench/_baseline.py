@@ -1,14 +1,16 @@
 """Baseline server for bench/intake.py: a bare aiohttp app doing one INSERT per POST.
 
 It is what `POST /v1/requests` could cost at the least on the same stack (aiohttp, SQLAlchemy async
-on psycopg 3, the same pool sizes as the service): parse the JSON body, check it is an object with
-an action, INSERT one row into a simple table in its own transaction, and answer 201 with the id.
-No auth, no policy, no audit, no logging.
+on psycopg 3): parse the JSON body, check it is an object with an action, INSERT one row into a
+simple table in its own transaction, and answer 201 with the id. No auth, no policy, no audit, no
+logging. The pool holds --pool-size connections (default 10, the service's pool_size) and, by
+default, no overflow: requests beyond that wait for a connection instead of opening (and, on
+return, closing) extra ones, which a fixed-size pool such as psycopg_pool's would not do either.
 
 Usage (normally started by bench/intake.py):
 
     .venv/bin/python bench/_baseline.py --port PORT \
-        --database-url postgresql://postgres@127.0.0.1:5432/bench_baseline
+        --database-url postgresql://postgres@127.0.0.1:5432/bench_baseline [--pool-size 10] [--max-overflow 0]
 
 `GET /readyz` answers 200 once the table exists and the database answers.
 """
@@ -104,7 +106,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--pool-size", type=int, default=10)
-    parser.add_argument("--max-overflow", type=int, default=20)
+    parser.add_argument("--max-overflow", type=int, default=0)
     args = parser.parse_args()
     asyncio.run(serve(args.port, args.database_url, args.pool_size, args.max_overflow))
 

@@ -4,20 +4,22 @@ Usage:
 
     .venv/bin/python bench/intake.py [--duration 10] [--clients 32,8] [--warmup 2]
                                      [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+                                     [--baseline-pool-size 10] [--baseline-max-overflow 0]
 
 What it does, in one run on one PostgreSQL server:
 
 1. drops and recreates two databases, `bench_intake` and `bench_baseline`;
 2. starts `approvals serve` (auto-migrating, WARNING logs, a policy that makes `send_offer_letter`
    a pending request needing approval) and the baseline (bench/_baseline.py: parse the JSON body,
-   one INSERT into a simple table, answer 201) as subprocesses on free ports, and polls `/readyz`
-   on each until it answers 200;
+   one INSERT into a simple table, answer 201; a fixed pool of 10 connections by default, where
+   the service has 10 plus 20 overflow connections that are closed again on return) as
+   subprocesses on free ports, and polls `/readyz` on each until it answers 200;
 3. registers an agent with `approvals agents add ... --json` and takes its API key;
 4. for each client count, runs the load generator (bench/_load.py, its own process: N concurrent
    aiohttp clients for D seconds after a warm-up) against the baseline, then against the service;
-5. prints a table (201s per second, p50/p99/max latency, non-201 responses, and CPU used by the
-   server under test, PostgreSQL, the load generator and anything else on the host, as shares of
-   one core) with the service/baseline ratios, and whether the targets were met: throughput ratio
+5. prints a table (201s per second, p50/p99/max latency, non-201 responses, PostgreSQL
+   connections opened during the run, and CPU used by the server under test, PostgreSQL, the load
+   generator and anything else on the host, as shares of one core) with the service/baseline ratios, and whether the targets were met: throughput ratio
    >= 0.5 at 32 clients, service p99 < 50 ms at 8 clients.
 
 The host's CPU use in the second before start is printed too: other work on a small machine
@@ -105,6 +107,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sessions_opened(admin_url: str, database: str) -> int | None:
+    """Connections ever made to `database` (pg_stat_database.sessions, PostgreSQL 14+)."""
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sessions FROM pg_stat_database WHERE datname = %s", [database]
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else int(row[0])
+
+
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds of every process named `postgres` on this host (all PostgreSQL backends)."""
     total, seen = 0.0, False
@@ -148,6 +162,7 @@ class Server:
     name: str
     process: subprocess.Popen[bytes]
     port: int
+    database: str
     log: Path
 
     @property
@@ -191,11 +206,11 @@ class Server:
                 self.process.wait()
 
 
-def start(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path) -> Server:
+def start(name: str, argv: list[str], env: dict[str, str], port: int, database: str, workdir: Path) -> Server:
     log = workdir / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=env, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT)
-    return Server(name, process, port, log)
+    return Server(name, process, port, database, log)
 
 
 def register_agent(env: dict[str, str], workdir: Path) -> str:
@@ -209,18 +224,25 @@ def register_agent(env: dict[str, str], workdir: Path) -> str:
 
 
 def run_load(
-    server: Server, token: str | None, clients: int, duration: float, warmup: float
+    server: Server, admin_url: str, token: str | None, clients: int, duration: float, warmup: float
 ) -> dict[str, Any]:
     options = f"--url {server.base}/v1/requests --clients {clients} --duration {duration} --warmup {warmup}"
     argv = [sys.executable, str(HERE / "_load.py"), *options.split()]
     if token:
         argv += ["--token", token]
+    sessions_before = sessions_opened(admin_url, server.database)
     before = cpu_snapshot(server.process.pid)
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=duration + warmup + 120)
     after = cpu_snapshot(server.process.pid)
+    sessions_after = sessions_opened(admin_url, server.database)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr.strip()}")
     result: dict[str, Any] = json.loads(done.stdout)
+    result["new_connections"] = (
+        sessions_after - sessions_before
+        if sessions_before is not None and sessions_after is not None
+        else None
+    )
     # Shares of one core over the whole load run (process start and warm-up included).
     wall = after["wall"] - before["wall"]
     for name in ("server", "postgres", "load", "host"):
@@ -252,7 +274,7 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
     )
     header = (
         f"{'clients':>7}  {'server':<9} {'201/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'non-201':>7} {'srv CPU':>8} {'pg CPU':>7} {'load CPU':>8} {'other':>6}"
+        f"{'non-201':>7} {'new conns':>9} {'srv CPU':>8} {'pg CPU':>7} {'load CPU':>8} {'other':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -261,7 +283,7 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
             r = pair[name]
             print(
                 f"{clients:>7}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
-                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {_pct(r['server_cpu']):>8} "
+                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(r['new_connections'], 'd'):>9} {_pct(r['server_cpu']):>8} "
                 f"{_pct(r['postgres_cpu']):>7} {_pct(r['load_cpu']):>8} {_pct(r['other_cpu']):>6}"
             )
         base, svc = pair["baseline"], pair["service"]
@@ -272,9 +294,11 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
             "   (service/baseline)"
         )
     print(
+        "new conns: PostgreSQL connections the server opened during the run (pool churn).\n"
         f"CPU columns: % of one core (the host has {cores}, so {cores * 100}% is all of it) over the whole "
-        "load run, warm-up included: the server under test, all PostgreSQL processes, the load generator, "
-        "and everything else on the host (other = host busy minus those three)"
+        "load run, warm-up included:\nthe server under test, PostgreSQL (live processes only: backends that "
+        "exited during the run, see new conns, count\nunder other), the load generator, and other = host "
+        "busy minus those three (other work on the host, kernel)."
     )
 
     print()
@@ -308,6 +332,13 @@ def main() -> int:
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         help="URL of any database on the server; the bench databases are made beside it",
+    )
+    parser.add_argument("--baseline-pool-size", type=int, default=10, help="the service's pool_size is 10")
+    parser.add_argument(
+        "--baseline-max-overflow",
+        type=int,
+        default=0,
+        help="0: a fixed pool; 20 gives the baseline the service's pool settings, churn included",
     )
     args = parser.parse_args()
     levels = [int(part) for part in args.clients.split(",") if part.strip()]
@@ -343,10 +374,11 @@ def main() -> int:
         }
         baseline_db = database_url(args.postgres, BASELINE_DB)
         baseline_argv = [sys.executable, str(HERE / "_baseline.py"), "--port", str(baseline_port)]
-        baseline_argv += ["--database-url", baseline_db]
-        baseline = start("baseline", baseline_argv, env, baseline_port, workdir)
+        baseline_argv += ["--database-url", baseline_db, "--pool-size", str(args.baseline_pool_size)]
+        baseline_argv += ["--max-overflow", str(args.baseline_max_overflow)]
+        baseline = start("baseline", baseline_argv, env, baseline_port, BASELINE_DB, workdir)
         servers.append(baseline)
-        service = start("service", [approvals_cli(), "serve"], service_env, service_port, workdir)
+        service = start("service", [approvals_cli(), "serve"], service_env, service_port, SERVICE_DB, workdir)
         servers.append(service)
         baseline.wait_ready()
         service.wait_ready()
@@ -356,7 +388,7 @@ def main() -> int:
         for clients in levels:
             for name, server, key in (("baseline", baseline, None), ("service", service, token)):
                 print(f"running {name} at {clients} clients ...", flush=True)
-                result = run_load(server, key, clients, args.duration, args.warmup)
+                result = run_load(server, args.postgres, key, clients, args.duration, args.warmup)
                 results.setdefault(clients, {})[name] = result
                 if server.process.poll() is not None:
                     raise RuntimeError(f"{name} died during the run:\n{server.log_tail()}")

@@ -210,3 +210,14 @@ def offer(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def head_revision() -> str:
+    """The schema revision this code needs."""
+    from alembic.script import ScriptDirectory
+
+    from app.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_SERVER_URL, _admin_dsn, _postgres_available
+from tests.conftest import POSTGRES_SERVER_URL, _admin_dsn, _postgres_available, head_revision
 
 APPROVALS = [sys.executable, "-m", "app.cli"]
 
@@ -82,7 +82,7 @@ def test_migrate_then_serve_starts_and_is_ready(empty_postgres: str) -> None:
         [*APPROVALS, "migrate"], capture_output=True, text=True, timeout=60, env=_env(empty_postgres, 8080)
     )
     assert migrated.returncode == 0, migrated.stderr
-    assert "database at 0001" in migrated.stdout
+    assert f"database at {head_revision()}" in migrated.stdout
     port = free_port()
     proc = subprocess.Popen(
         [*APPROVALS, "serve"],

@@ -76,6 +76,7 @@ async def post_request(request: web.Request) -> web.Response:
         if isinstance(result, DomainError):
             raise result
         container.metrics.requests_created.labels(result.body["status"]).inc()
+        container.committed(result.body["id"])
         return _created_response(result)
     raise HttpError(
         409,
@@ -124,7 +125,7 @@ async def post_cancel(request: web.Request) -> web.Response:
     await read_json_object(request, required=False)
     async with container.engine.begin() as conn:
         view = await cancel_request(conn, principal=principal, request_id=request.match_info["id"])
-    container.waiters.notify(view["id"])
+    container.committed(view["id"])
     return web.json_response(view)
 
 
@@ -139,7 +140,7 @@ async def post_outcome(request: web.Request) -> web.Response:
             request_id=request.match_info["id"],
             outcome=Outcome(**body.model_dump()),
         )
-    container.waiters.notify(view["id"])
+    container.committed(view["id"])
     return web.json_response(view)
 
 

@@ -156,6 +156,15 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "responses": {**_ok(200, "recorded"), **_errors(400, 401, 404, 409, 413, 415, 422)},
                 }
             },
+            "/slack/events": {
+                "post": {
+                    "summary": "Slack events, interactions and slash commands (signed by Slack; 401 otherwise)",
+                    "responses": {
+                        "200": {"description": "acknowledged"},
+                        "401": {"description": "bad signature"},
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}},
             "/readyz": {
                 "get": {

@@ -1,0 +1,1 @@
+"""Outbound deliveries: agent callbacks sent as signed webhooks."""

@@ -1,0 +1,133 @@
+"""The outbox dispatcher: leases due deliveries, runs them outside any transaction, records each attempt.
+
+Kicked right after a commit in this process (so a card goes out in milliseconds) and swept by the
+scheduler (for other replicas' rows, retries, and rows whose process died mid-delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from approvals.outbox import Claimed, claim_due, settle
+
+log = structlog.get_logger("approvals.outbox")
+
+LEASE = dt.timedelta(seconds=60)
+BATCH = 50
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What became of one attempt; `then` runs extra writes in the transaction that records it."""
+
+    result: Literal["delivered", "retry", "failed", "gone", "skipped"]
+    retry_in: float | None = None
+    error: str | None = None
+    status_code: int | None = None
+    target: str | None = None
+    then: Callable[[AsyncConnection], Awaitable[None]] | None = None
+
+
+Handler = Callable[[Claimed], Awaitable[Settlement]]
+
+
+def backoff(attempt: int, *, cap: float = 300.0) -> float:
+    """1 s, 2 s, 4 s, ... up to `cap`: for Slack's transient failures."""
+    return float(min(2 ** max(attempt - 1, 0), cap))
+
+
+class OutboxDispatcher:
+    """Runs the handler registered for each kind; one sweep at a time per process."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._handlers: dict[str, Handler] = {}
+        self._lock = asyncio.Lock()
+        self._again = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def kick(self) -> None:
+        """Deliver what is due now, in the background (called after a commit)."""
+        if self._lock.locked():
+            self._again = True
+            return
+        task = asyncio.get_running_loop().create_task(self._kicked())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _kicked(self) -> None:
+        try:
+            await self.run_until_idle()
+        except Exception:
+            log.exception("outbox_dispatch_failed")
+
+    async def run_until_idle(self) -> int:
+        """Deliver due rows until none are left; returns how many attempts were made."""
+        total = 0
+        async with self._lock:
+            while True:
+                self._again = False
+                done = await self._run_batch()
+                total += done
+                if done < BATCH and not self._again:
+                    return total
+
+    async def _run_batch(self) -> int:
+        if not self._handlers:
+            return 0
+        async with self._engine.begin() as conn:
+            claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=LEASE)
+        await asyncio.gather(*(self._deliver(item) for item in claimed))
+        return len(claimed)
+
+    async def _deliver(self, item: Claimed) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = await self._handlers[item.kind](item)
+        except Exception as exc:
+            log.exception("delivery_crashed", kind=item.kind, outbox_id=item.id)
+            outcome = Settlement(
+                "retry", retry_in=backoff(item.attempt), error=f"{type(exc).__name__}: {exc}"
+            )
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        if outcome.result in ("failed", "gone"):
+            log.error(
+                "delivery_failed",
+                kind=item.kind,
+                outbox_id=item.id,
+                request_id=item.request_id,
+                error=outcome.error,
+            )
+        async with self._engine.begin() as conn:
+            await settle(
+                conn,
+                item,
+                result=outcome.result,
+                target=outcome.target,
+                latency_ms=latency_ms,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                retry_in=outcome.retry_in,
+            )
+            if outcome.then is not None:
+                await outcome.then(conn)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

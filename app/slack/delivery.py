@@ -1,0 +1,213 @@
+"""Slack side effects from the outbox: fan a request out to its destinations, post cards, update them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.dispatcher import Settlement, backoff
+from app.metrics import Metrics
+from app.slack.cards import build_card
+from app.slack.directory import SlackDirectory
+from approvals.decisions import approver_ids
+from approvals.notifications import (
+    card_destinations,
+    message_for,
+    messages_of,
+    record_message,
+    record_notification_failure,
+)
+from approvals.outbox import SLACK_POST, Claimed, enqueue
+from approvals.request_views import load_request_view
+from approvals.tables import agents, requests
+
+log = structlog.get_logger("approvals.slack")
+
+# Errors no retry can fix: the operator must act (invite the bot, fix the channel or the token).
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "invalid_auth",
+        "account_inactive",
+        "is_archived",
+        "user_not_found",
+        "token_revoked",
+        "missing_scope",
+        "not_authed",
+        "cannot_dm_bot",
+    }
+)
+MAX_ATTEMPTS = 20
+
+
+def classify(exc: Exception, attempt: int) -> Settlement:
+    """Turn a Slack or network failure into retry-later or failed-for-good."""
+    if isinstance(exc, SlackApiError):
+        status = exc.response.status_code
+        error = str(exc.response.get("error") or f"http_{status}")
+        if status == 429:
+            retry_after = float(
+                exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1))
+            )
+            return Settlement("retry", retry_in=max(retry_after, 1.0), error="ratelimited", status_code=429)
+        if error in PERMANENT_ERRORS:
+            return Settlement("failed", error=error, status_code=status)
+        if attempt >= MAX_ATTEMPTS:
+            return Settlement("failed", error=error, status_code=status)
+        return Settlement("retry", retry_in=backoff(attempt), error=error, status_code=status)
+    if isinstance(exc, aiohttp.ClientError | TimeoutError) and attempt < MAX_ATTEMPTS:
+        return Settlement("retry", retry_in=backoff(attempt), error=f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+class SlackDelivery:
+    """The outbox handlers for slack_notify, slack_post and slack_update rows."""
+
+    def __init__(
+        self, *, engine: AsyncEngine, client: AsyncWebClient, directory: SlackDirectory, metrics: Metrics
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._directory = directory
+        self._metrics = metrics
+
+    async def _card(self, request_id: str) -> tuple[str, list[dict[str, Any]]] | None:
+        async with self._engine.connect() as conn:
+            view = await load_request_view(conn, request_id)
+            row = (
+                await conn.execute(
+                    select(agents.c.name, agents.c.owner, requests.c.policy_rule)
+                    .select_from(requests.join(agents, agents.c.id == requests.c.agent_id))
+                    .where(requests.c.id == request_id)
+                )
+            ).first()
+        if view is None or row is None:
+            return None
+        redact = list((row.policy_rule or {}).get("redact", []))
+        return build_card(view, agent_name=row.name, agent_owner=row.owner, redact=redact)
+
+    async def notify(self, item: Claimed) -> Settlement:
+        """Queue one post per destination, so a failure at one never re-posts another."""
+        assert item.request_id is not None
+        async with self._engine.connect() as conn:
+            rule = (
+                await conn.execute(select(requests.c.policy_rule).where(requests.c.id == item.request_id))
+            ).scalar()
+        users, groups = approver_ids(rule)
+        dm_users = list(users)
+        if rule and rule.get("dm_approvers"):
+            for group in groups:
+                dm_users += sorted(await self._directory.group_members(group))
+        destinations = card_destinations(rule, dm_users)
+        request_id = item.request_id
+
+        async def queue_posts(conn: AsyncConnection) -> None:
+            for destination in destinations:
+                await enqueue(
+                    conn,
+                    kind=SLACK_POST,
+                    dedupe_key=f"{SLACK_POST}:{request_id}:{destination}",
+                    request_id=request_id,
+                    payload={"destination": destination},
+                )
+
+        return Settlement("delivered", target=",".join(destinations), then=queue_posts)
+
+    async def post(self, item: Claimed) -> Settlement:
+        """Post the card to one destination, once; remember where it landed."""
+        assert item.request_id is not None
+        destination = str(item.payload["destination"])
+        async with self._engine.connect() as conn:
+            if await message_for(conn, item.request_id, destination) is not None:
+                return Settlement("skipped", target=destination, error="already posted")
+        card = await self._card(item.request_id)
+        if card is None:
+            return Settlement("failed", target=destination, error="request not found")
+        text, blocks = card
+        try:
+            response = await self._client.chat_postMessage(channel=destination, text=text, blocks=blocks)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            outcome = classify(exc, item.attempt)
+            if outcome.result == "failed":
+                return self._failed(item.request_id, destination, outcome)
+            return Settlement(
+                outcome.result,
+                retry_in=outcome.retry_in,
+                error=outcome.error,
+                status_code=outcome.status_code,
+                target=destination,
+            )
+        channel, ts = str(response["channel"]), str(response["ts"])
+        permalink = await self._permalink(channel, ts)
+        request_id = item.request_id
+        self._metrics.slack_cards_posted.inc()
+
+        async def remember(conn: AsyncConnection) -> None:
+            await record_message(
+                conn,
+                request_id=request_id,
+                destination=destination,
+                channel=channel,
+                ts=ts,
+                permalink=permalink,
+            )
+
+        return Settlement("delivered", target=destination, status_code=200, then=remember)
+
+    def _failed(self, request_id: str, destination: str, outcome: Settlement) -> Settlement:
+        self._metrics.slack_delivery_failures.labels(outcome.error or "unknown").inc()
+        log.error(
+            "slack_card_undeliverable", request_id=request_id, destination=destination, error=outcome.error
+        )
+
+        async def mark(conn: AsyncConnection) -> None:
+            await record_notification_failure(
+                conn, request_id=request_id, destination=destination, error=outcome.error or "unknown"
+            )
+
+        return Settlement(
+            "failed", error=outcome.error, status_code=outcome.status_code, target=destination, then=mark
+        )
+
+    async def _permalink(self, channel: str, ts: str) -> str | None:
+        try:
+            response = await self._client.chat_getPermalink(channel=channel, message_ts=ts)
+            return str(response["permalink"])
+        except (SlackApiError, aiohttp.ClientError, TimeoutError):
+            return None  # a card without a link is still a card
+
+    async def update(self, item: Claimed) -> Settlement:
+        """Redraw every card of the request from its current state (state, who, when, why)."""
+        assert item.request_id is not None
+        async with self._engine.connect() as conn:
+            messages = await messages_of(conn, item.request_id)
+        if not messages:
+            return Settlement("skipped", error="no cards posted")
+        card = await self._card(item.request_id)
+        if card is None:
+            return Settlement("failed", error="request not found")
+        text, blocks = card
+        for message in messages:
+            try:
+                await self._client.chat_update(
+                    channel=message.channel, ts=message.ts, text=text, blocks=blocks
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") in (
+                    "message_not_found",
+                    "cant_update_message",
+                    "channel_not_found",
+                ):
+                    log.warning("slack_card_gone", request_id=item.request_id, channel=message.channel)
+                    continue
+                return classify(exc, item.attempt)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return classify(exc, item.attempt)
+        return Settlement("delivered", target=",".join(m.channel for m in messages), status_code=200)

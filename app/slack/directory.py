@@ -1,0 +1,66 @@
+"""Who a Slack user is, and which user groups they belong to, asked of Slack with a short cache."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from approvals.decisions import Clicker
+
+# Group membership may change at any time: never trust an answer older than this.
+GROUP_CACHE_SECONDS = 60.0
+
+
+class SlackDirectory:
+    """users.info and usergroups.users.list, cached for at most GROUP_CACHE_SECONDS."""
+
+    def __init__(self, client: AsyncWebClient, *, ttl: float = GROUP_CACHE_SECONDS) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._users: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def group_members(self, group_id: str) -> frozenset[str]:
+        cached = self._groups.get(group_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            response = await self._client.usergroups_users_list(usergroup=group_id)
+            members = frozenset(response.get("users") or ())
+        except SlackApiError as exc:
+            if exc.response.get("error") in ("no_such_subteam", "subteam_not_found"):
+                members = frozenset()
+            else:
+                raise
+        self._groups[group_id] = (time.monotonic(), members)
+        return members
+
+    async def in_any_group(self, user_id: str, groups: list[str]) -> bool:
+        for group in groups:
+            if user_id in await self.group_members(group):
+                return True
+        return False
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        cached = self._users.get(user_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        response = await self._client.users_info(user=user_id)
+        user = dict(response.get("user") or {})
+        self._users[user_id] = (time.monotonic(), user)
+        return user
+
+    async def clicker(self, user_id: str, team_id: str | None, groups: list[str]) -> Clicker:
+        """The clicker's identity at click time: name and email from Slack, group membership resolved."""
+        user = await self.user(user_id)
+        profile = user.get("profile") or {}
+        return Clicker(
+            user_id=user_id,
+            team_id=team_id or user.get("team_id"),
+            name=user.get("real_name") or profile.get("real_name") or user.get("name"),
+            email=profile.get("email"),
+            in_approver_group=await self.in_any_group(user_id, groups),
+        )

@@ -1,0 +1,206 @@
+"""Human decisions: a click, authorised at click time against the request's policy rule, recorded once.
+
+The adapter (Slack) supplies who clicked, as Slack knows them at that moment, and whether they are in
+one of the rule's user groups; everything else (pending, approver list, self-approval, quorum) is
+decided here, in one transaction, with the request row locked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.audit import append_event
+from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.errors import NotFound
+from approvals.outbox import SLACK_UPDATE, enqueue
+from approvals.requests import finalise
+from approvals.tables import decisions, requests
+
+Choice = Literal["approve", "reject"]
+RefusalReason = Literal["not_approver", "self_approval", "not_pending", "already_decided"]
+
+
+@dataclass(frozen=True)
+class Clicker:
+    """The person behind a click, as Slack described them at click time."""
+
+    user_id: str
+    team_id: str | None
+    name: str | None
+    email: str | None
+    in_approver_group: bool = False
+
+
+@dataclass(frozen=True)
+class Click:
+    request_id: str
+    choice: Choice
+    clicker: Clicker
+    action_ts: str
+    reason: str | None = None
+    mfa: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The decision counted; `status` is the request's status after it."""
+
+    status: str
+    approvals: int
+    required: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: RefusalReason
+    status: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The very same click again (a Slack retry or replay): nothing new is recorded."""
+
+    status: str
+
+
+def approver_ids(rule: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """The users and user groups a request's rule names as approvers (including escalation)."""
+    if not rule:
+        return [], []
+    users = list(rule.get("approvers", {}).get("users", []))
+    groups = list(rule.get("approvers", {}).get("usergroups", []))
+    escalation = rule.get("escalated_to") or {}
+    return users + list(escalation.get("users", [])), groups + list(escalation.get("usergroups", []))
+
+
+def _is_self(click: Click, on_behalf_of: str) -> bool:
+    principal = on_behalf_of.strip().casefold()
+    return bool(principal) and principal in {
+        (click.clicker.email or "").strip().casefold(),
+        click.clicker.user_id.casefold(),
+    }
+
+
+async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refused | Duplicate:
+    """Authorise and record one approve/reject; refusals are audited with their reason."""
+    query = select(requests).where(requests.c.id == click.request_id)
+    if is_postgres(conn):
+        query = query.with_for_update()
+    request = (await conn.execute(query)).first()
+    if request is None:
+        raise NotFound("request_not_found", f"no request {click.request_id!r}", "request_id")
+
+    previous = (
+        await conn.execute(
+            select(decisions.c.action_ts).where(
+                decisions.c.request_id == click.request_id, decisions.c.approver_id == click.clicker.user_id
+            )
+        )
+    ).first()
+    if previous is not None and previous.action_ts == click.action_ts:
+        return Duplicate(status=request.status)
+
+    users, _groups = approver_ids(request.policy_rule)
+    refusal: RefusalReason | None = None
+    if request.status != "pending":
+        refusal = "not_pending"
+    elif previous is not None:
+        refusal = "already_decided"
+    elif click.clicker.user_id not in users and not click.clicker.in_approver_group:
+        refusal = "not_approver"
+    elif _is_self(click, request.on_behalf_of) and not (request.policy_rule or {}).get("allow_self_approval"):
+        refusal = "self_approval"
+    if refusal is not None:
+        await append_event(
+            conn,
+            chain_id=click.request_id,
+            kind="click_refused",
+            actor=f"slack:{click.clicker.user_id}",
+            data={**_identity(click), "choice": click.choice, "reason": refusal, "status": request.status},
+        )
+        return Refused(reason=refusal, status=request.status)
+
+    now = await db_now(conn)
+    inserted = await insert_ignoring_conflict(
+        conn,
+        decisions,
+        {
+            "request_id": click.request_id,
+            "approver_id": click.clicker.user_id,
+            "decision": click.choice,
+            "reason": click.reason,
+            "approver_name": click.clicker.name,
+            "approver_email": click.clicker.email,
+            "team_id": click.clicker.team_id,
+            "action_ts": click.action_ts,
+            "policy_version_id": request.policy_version_id,
+            "mfa": click.mfa,
+            "created_at": now,
+        },
+    )
+    if inserted is None:  # a concurrent click by the same person won (only possible without row locks)
+        return Refused(reason="already_decided", status=request.status)
+    await append_event(
+        conn,
+        chain_id=click.request_id,
+        kind="decision_recorded",
+        actor=f"slack:{click.clicker.user_id}",
+        data={
+            **_identity(click),
+            "choice": click.choice,
+            "reason": click.reason,
+            "policy_version": request.policy_version_id,
+            "mfa": click.mfa,
+        },
+    )
+    approvals = int(
+        (
+            await conn.execute(
+                select(func.count())
+                .select_from(decisions)
+                .where(decisions.c.request_id == click.request_id, decisions.c.decision == "approve")
+            )
+        ).scalar_one()
+    )
+    required = int(request.required_approvals)
+    if click.choice == "reject" or approvals >= required:
+        status = "rejected" if click.choice == "reject" else "approved"
+        reason = click.reason if click.choice == "reject" else None
+        result = await conn.execute(
+            update(requests)
+            .where(requests.c.id == click.request_id, requests.c.status == "pending")
+            .values(status=status, decided_by="human", decided_at=now, reason=reason)
+        )
+        if result.rowcount == 1:
+            await finalise(
+                conn,
+                request_id=click.request_id,
+                status=status,
+                actor=f"slack:{click.clicker.user_id}",
+                now=now,
+                data={"decided_by": "human", "approvals": approvals, "required": required},
+            )
+        return Recorded(status=status, approvals=approvals, required=required)
+    await enqueue(
+        conn,
+        kind=SLACK_UPDATE,
+        dedupe_key=f"{SLACK_UPDATE}:{click.request_id}:approval:{approvals}",
+        request_id=click.request_id,
+        payload={"status": "partial", "approvals": approvals},
+        now=now,
+    )
+    return Recorded(status="pending", approvals=approvals, required=required)
+
+
+def _identity(click: Click) -> dict[str, Any]:
+    return {
+        "user_id": click.clicker.user_id,
+        "team_id": click.clicker.team_id,
+        "user_name": click.clicker.name,
+        "email": click.clicker.email,
+        "action_ts": click.action_ts,
+    }

@@ -1,0 +1,309 @@
+"""A fake Slack Web API on real HTTP (127.0.0.1, random port) for slack_sdk's and Bolt's own clients.
+
+Point `AsyncWebClient(token=..., base_url=fake.api_url)` at it. Every call is recorded with its decoded
+parameters; faults (429 with Retry-After, 5xx, `ok: false` errors) can be queued per method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+TEAM_ID = "T0TEAM"
+BOT_USER_ID = "UBOT"
+BOT_ID = "BBOT"
+WORKSPACE_URL = "https://example.slack.com/"
+
+# Fields slack_sdk (or a form body) may send as JSON text; tests want to look inside them.
+JSON_FIELDS = frozenset({"blocks", "attachments", "view", "metadata", "unfurls"})
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Call:
+    """One request the fake received; `failed` when a queued fault answered it."""
+
+    method: str
+    params: dict[str, Any]
+    headers: CIMultiDict[str]
+    failed: bool = False
+
+    @property
+    def token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else self.params.get("token")
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str
+    retry_after: int | None
+    remaining: int | None  # None: forever
+
+
+class FakeSlack:
+    """The fake server; use `async with FakeSlack() as fake:` or `await fake.start()` / `await fake.stop()`."""
+
+    def __init__(self) -> None:
+        # Tests fill these: users.info answers from `users`, usergroups.users.list from `usergroups`.
+        self.users: dict[str, dict[str, str]] = {}
+        self.usergroups: dict[str, list[str]] = {}
+        self.calls: list[Call] = []
+        self.responses: list[dict[str, Any]] = []
+        self._response_ids: list[str] = []
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._ts = itertools.count(100, 100)
+        self._views = itertools.count(1)
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._base_url = ""
+
+    # -- lifetime -----------------------------------------------------------------------------------
+
+    async def start(self) -> FakeSlack:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/response_url/{id}", self._response_url)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self._base_url = f"http://{host}:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeSlack:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def api_url(self) -> str:
+        """The base_url for slack_sdk clients (it posts to `{base_url}{method}`)."""
+        if not self._base_url:
+            raise RuntimeError("FakeSlack is not started")
+        return f"{self._base_url}/api/"
+
+    def response_url(self, response_id: str) -> str:
+        """A response_url (as in an interaction payload) whose posts land in `responses`."""
+        if not self._base_url:
+            raise RuntimeError("FakeSlack is not started")
+        return f"{self._base_url}/response_url/{response_id}"
+
+    # -- what tests ask -----------------------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    def responses_to(self, response_id: str) -> list[dict[str, Any]]:
+        return [
+            body for rid, body in zip(self._response_ids, self.responses, strict=True) if rid == response_id
+        ]
+
+    async def wait_for_calls(self, method: str, count: int, timeout: float = 5) -> list[Call]:
+        """All calls to `method` (failed ones included) once there are at least `count`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(calls := self.calls_to(method)) < count:
+                    # Each recorded call sets and replaces the event, so no wake-up is ever missed.
+                    await self._changed.wait()
+        except TimeoutError:
+            got = len(self.calls_to(method))
+            raise TimeoutError(f"expected {count} calls to {method} within {timeout}s, got {got}") from None
+        return calls
+
+    def fail(
+        self,
+        method: str,
+        *,
+        times: int | None = 1,
+        status: int | None = None,
+        error: str | None = None,
+        retry_after: int = 1,
+    ) -> None:
+        """Queue a fault for `method`: by default one 429; `error=` alone is an HTTP 200 `ok: false`."""
+        if status is None:
+            status = 200 if error else 429
+        if error is None:
+            error = "ratelimited" if status == 429 else "internal_error"
+        fault = _Fault(status, error, retry_after if status == 429 else None, times)
+        self._faults.setdefault(method, deque()).append(fault)
+
+    # -- the HTTP side ------------------------------------------------------------------------------
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        queue = self._faults.get(method)
+        if not queue:
+            return None
+        fault = queue[0]
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                queue.popleft()
+        return fault
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await _read_params(request)
+        fault = self._take_fault(method)
+        self._record(Call(method, params, CIMultiDict(request.headers), failed=fault is not None))
+        if fault is not None:
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return web.json_response(
+                {"ok": False, "error": fault.error}, status=fault.status, headers=headers
+            )
+        handler = self._handlers().get(method)
+        body = handler(params) if handler else {"ok": False, "error": "unknown_method"}
+        return web.json_response(body)
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        response_id = request.match_info["id"]
+        body = await _read_params(request)
+        fault = self._take_fault("response_url")
+        self._record(Call("response_url", body, CIMultiDict(request.headers), failed=fault is not None))
+        if fault is not None:
+            return web.Response(status=fault.status, text=fault.error)
+        self._response_ids.append(response_id)
+        self.responses.append(body)
+        return web.Response(text="ok")
+
+    # -- the methods --------------------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": lambda _: {"ok": True, "message_ts": self._next_ts()},
+            "chat.getPermalink": self._permalink,
+            "views.open": self._view,
+            "views.publish": self._view,
+            "users.info": self._user_info,
+            "usergroups.users.list": self._usergroup_members,
+            "conversations.open": self._open_dm,
+        }
+
+    def _next_ts(self) -> str:
+        n = next(self._ts)
+        return f"{1_700_000_000 + n // 1_000_000}.{n % 1_000_000:06d}"
+
+    def _auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": WORKSPACE_URL,
+            "team": "Example",
+            "user": "approvals",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        # Posting to a user id lands in the bot's DM with them, as on Slack.
+        if channel[0] in "UW":
+            channel = "D" + channel[1:]
+        ts = self._next_ts()
+        message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": ts}
+        message |= {key: params[key] for key in ("text", "blocks") if key in params}
+        return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _update(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = {key: params[key] for key in ("text", "blocks") if key in params}
+        return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"), "message": message}
+
+    def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
+        permalink = f"{WORKSPACE_URL}archives/{channel}/p{ts.replace('.', '')}"
+        return {"ok": True, "channel": channel, "permalink": permalink}
+
+    def _view(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = params.get("view")
+        view = dict(view) if isinstance(view, dict) else {}
+        return {"ok": True, "view": {**view, "id": f"V{next(self._views):08d}", "team_id": TEAM_ID}}
+
+    def _user_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(params.get("user") or "")
+        user = self.users.get(user_id)
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        name = user.get("name", user_id.lower())
+        real_name = user.get("real_name", name)
+        profile = {
+            "email": user.get("email"),
+            "real_name": real_name,
+            "display_name": user.get("display_name", name),
+        }
+        return {
+            "ok": True,
+            "user": {
+                "id": user_id,
+                "team_id": TEAM_ID,
+                "name": name,
+                "real_name": real_name,
+                "deleted": False,
+                "is_bot": False,
+                "profile": profile,
+            },
+        }
+
+    def _usergroup_members(self, params: dict[str, Any]) -> dict[str, Any]:
+        members = self.usergroups.get(str(params.get("usergroup") or ""))
+        if members is None:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(members)}
+
+    def _open_dm(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = params.get("users") or ""
+        first = (users if isinstance(users, list) else str(users).split(","))[0].strip()
+        if not first:
+            return {"ok": False, "error": "users_list_not_supplied"}
+        return {"ok": True, "channel": {"id": "D" + first[1:]}}
+
+
+async def _read_params(request: web.Request) -> dict[str, Any]:
+    """Query string and body (form or JSON) merged, with JSON-text fields decoded."""
+    params: dict[str, Any] = dict(request.query)
+    if request.can_read_body:
+        if request.content_type == "application/json":
+            body = await request.json()
+            if isinstance(body, dict):
+                params.update(body)
+        elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            params.update(
+                {key: value for key, value in (await request.post()).items() if isinstance(value, str)}
+            )
+    for key in JSON_FIELDS & params.keys():
+        if isinstance(params[key], str):
+            try:
+                params[key] = json.loads(params[key])
+            except ValueError:
+                pass  # leave malformed JSON as sent: a test may be checking exactly that
+    return params
