@@ -10,11 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.database import build_engine
+from app.delivery.callbacks import CallbackDelivery
 from app.dispatcher import OutboxDispatcher
 from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.ssrf import CallbackAllowList
 from app.waiters import RequestWaiters
+from approvals.outbox import CALLBACK
 from approvals.policies import LoadedPolicies, load_policies
 from approvals.policy_versions import ActivePolicies, record_policy_version
 
@@ -96,6 +98,10 @@ async def build_container(
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
         dispatcher=OutboxDispatcher(engine),
+    )
+    container.dispatcher.register(
+        CALLBACK,
+        CallbackDelivery(engine=engine, allow=container.allow_list, metrics=container.metrics).deliver,
     )
     if settings.slack_enabled:
         from app.slack.runtime import build_slack

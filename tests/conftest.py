@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,7 @@ class Api:
     base: str
     key: str
     container: Container
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -172,6 +173,7 @@ class Api:
     async def add_agent(self, name: str, actions: list[str]) -> str:
         async with self.container.engine.begin() as conn:
             new = await add_agent(conn, name=name, owner=f"{name}@example.com", actions=actions)
+        self.webhook_secrets[name] = new.webhook_secret
         return new.api_key
 
 

@@ -10,10 +10,10 @@ connection (DNS rebinding).
 
 Design choice: `deliver` builds its own short-lived `ClientSession` and `TCPConnector` per attempt
 instead of taking a shared session. aiohttp binds the resolver to the connector and the connector to
-the session, so a shared session cannot be pinned to per-delivery addresses; and a connector pool
-shared between agents would let a pooled connection to one checked address be reused for a host whose
-addresses were never checked against it. The cost is a fresh TCP (and TLS) handshake per attempt, which
-is noise next to a retry schedule measured in minutes.
+the session, so a shared session cannot be pinned to per-delivery addresses; and a pooled keep-alive
+connection would skip the send-time check altogether, reusing an address checked for an earlier
+delivery. So, unlike most aiohttp clients, `deliver` takes no session argument. The cost is a fresh TCP
+(and TLS) handshake per attempt, which is noise next to a retry schedule measured in minutes.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, 
 def next_retry_delay(
     attempts_made: int, *, retry_after: float | None = None, rand: random.Random | None = None
 ) -> float | None:
-    """Seconds to wait before the next attempt after `attempts_made` attempts; None once the schedule is spent.
+    """Seconds to wait before the next attempt after `attempts_made` attempts; None when none is left.
 
     `RETRY_SCHEDULE_SECONDS[attempts_made]` with ±20% jitter (none on the immediate first attempt), so
     deliveries that failed together do not all retry in the same second. When the receiver sent
@@ -114,7 +114,7 @@ def next_retry_delay(
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """A Retry-After header in seconds from `now`: delay-seconds or an HTTP-date; None when absent or unreadable."""
+    """Retry-After (delay-seconds or an HTTP-date) as seconds from `now`; None if absent or unreadable."""
     if value is None:
         return None
     text = value.strip()

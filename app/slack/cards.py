@@ -113,12 +113,15 @@ def _clip_escaped(text: str, limit: int) -> str:
 
 
 def _code(text: str, limit: int = FIELD_VALUE_MAX) -> str:
-    """Agent text as an inline code span, where *bold* or _italics_ do not render; escaped text otherwise."""
+    """Agent text as an inline code span, where *bold*, _italics_ and ``` blocks do not render.
+
+    mrkdwn has no escape for a backtick, so one is shown as the look-alike U+02CB; a span cannot cross
+    lines, so newlines become spaces. Both only change how a short value is displayed, never what is stored.
+    """
     if not text:
         return "—"
-    if "`" in text or "\n" in text:
-        return _clip_escaped(text, limit)
-    return f"`{_clip_escaped(text, limit - 2)}`"
+    shown = text.replace("`", "\u02cb").replace("\r", " ").replace("\n", " ")
+    return f"`{_clip_escaped(shown, limit - 2)}`"
 
 
 def _plain(text: str, limit: int = SECTION_TEXT_MAX) -> Block:
