@@ -84,7 +84,7 @@ class OutboxDispatcher:
                 self._again = False
                 done = await self._run_batch()
                 total += done
-                if done < BATCH and not self._again:
+                if done == 0 and not self._again:
                     return total
 
     async def _run_batch(self) -> int:

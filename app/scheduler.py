@@ -73,6 +73,20 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
         **defaults,
     )
     scheduler.add_job(
+        _guarded("dispatch_outbox", dispatch_outbox_job, container),
+        "interval",
+        seconds=interval,
+        id="dispatch_outbox",
+        **defaults,
+    )
+    scheduler.add_job(
+        _guarded("stranded_clicks", stranded_clicks_job, container),
+        "interval",
+        seconds=max(interval, 2.0),
+        id="stranded_clicks",
+        **defaults,
+    )
+    scheduler.add_job(
         _guarded("purge_idempotency_keys", purge_idempotency_keys_job, container),
         "interval",
         hours=1,

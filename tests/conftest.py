@@ -45,6 +45,11 @@ policies:
     required_approvals: 2
     dm_approvers: true
     expires_in: 4h
+  - action: approve_invoice
+    decision: require_approval
+    approvers: {usergroups: [S0FINANCE]}
+    channel: C0FIN
+    expires_in: 1h
   - action: read_*
     decision: allow
   - action: delete_*
