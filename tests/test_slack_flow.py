@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -254,7 +255,7 @@ async def test_a_429_storm_posts_the_card_exactly_once_after_retry_after(databas
         from datetime import datetime
 
         times = [datetime.fromisoformat(d["at"].replace("Z", "+00:00")) for d in posts]
-        assert all((b - a).total_seconds() >= 0.9 for a, b in zip(times, times[1:], strict=False))
+        assert all((b - a).total_seconds() >= 0.9 for a, b in itertools.pairwise(times))
 
 
 async def test_channel_not_found_is_not_retried_and_the_request_says_so(slack: SlackApi) -> None:
@@ -275,7 +276,7 @@ async def test_channel_not_found_is_not_retried_and_the_request_says_so(slack: S
 
 async def test_injection_in_agent_text_reaches_slack_escaped(slack: SlackApi) -> None:
     evil = "<!channel> <@U01COO> <https://evil.example|Approve here> <!date^1^{date}|x> *APPROVED*"
-    request_id, _ = await _pending_card(slack, title=evil[:200], summary=evil, params={"note": evil})
+    _request_id, _ = await _pending_card(slack, title=evil[:200], summary=evil, params={"note": evil})
     assert slack.fake is not None
     blocks = slack.fake.calls_to("chat.postMessage")[0].params["blocks"]
     mrkdwn = " ".join(_mrkdwn_texts(blocks))
@@ -299,7 +300,7 @@ async def test_sixty_kilobytes_of_params_make_a_valid_truncated_card(slack: Slac
 
 
 async def test_slash_command_lists_what_awaits_the_caller(slack: SlackApi) -> None:
-    request_id, _ = await _pending_card(slack)
+    _request_id, _ = await _pending_card(slack)
     form = {
         "token": "t",
         "team_id": "T0TEAM",
