@@ -12,6 +12,7 @@ from app.config import Settings
 from app.database import build_engine
 from app.delivery.callbacks import CallbackDelivery
 from app.dispatcher import OutboxDispatcher
+from app.http.auth import PrincipalCache
 from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.ssrf import CallbackAllowList
@@ -40,6 +41,7 @@ class Container:
     allow_list: CallbackAllowList
     dispatcher: OutboxDispatcher
     waiters: RequestWaiters = field(default_factory=RequestWaiters)
+    principals: PrincipalCache = field(default_factory=PrincipalCache)
     metrics: Metrics = field(default_factory=Metrics)
     slack: SlackRuntime | None = None
 

@@ -57,44 +57,85 @@ class AppendedEvent:
     hash: str
 
 
-async def append_event(
-    conn: AsyncConnection, *, chain_id: str, kind: str, actor: str, data: dict[str, Any]
+@dataclass(frozen=True)
+class NewEvent:
+    kind: str
+    actor: str
+    data: dict[str, Any]
+
+
+async def append_events(
+    conn: AsyncConnection,
+    chain_id: str,
+    events: list[NewEvent],
+    *,
+    now: dt.datetime | None = None,
+    new_chain: bool = False,
 ) -> AppendedEvent:
-    """Append one event to a chain. Appends to one chain are ordered by a lock on its head row only."""
-    await insert_ignoring_conflict(conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH})
-    head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
-    if is_postgres(conn):
-        head_query = head_query.with_for_update()
-    head = (await conn.execute(head_query)).one()
-    seq, prev_hash = head.seq + 1, head.hash
-    # Round-trip through JSON so the hash covers exactly what the database will give back.
-    data = json.loads(canonical_json(data))
-    created_at = await db_now(conn)
-    digest = event_hash(
-        chain_id=chain_id,
-        seq=seq,
-        kind=kind,
-        actor=actor,
-        data=data,
-        created_at=created_at,
-        prev_hash=prev_hash,
-    )
-    await conn.execute(
-        audit_events.insert().values(
+    """Append events to a chain in order. Appends to one chain are ordered by a lock on its head row only.
+
+    `new_chain` is for a chain the caller has just created (a new request): no head to lock or read.
+    """
+    if new_chain:
+        seq, prev_hash = 0, GENESIS_HASH
+    else:
+        await insert_ignoring_conflict(
+            conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH}
+        )
+        head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
+        if is_postgres(conn):
+            head_query = head_query.with_for_update()
+        head = (await conn.execute(head_query)).one()
+        seq, prev_hash = head.seq, head.hash
+    created_at = now or await db_now(conn)
+    rows = []
+    for event in events:
+        seq += 1
+        # Round-trip through JSON so the hash covers exactly what the database will give back.
+        data = json.loads(canonical_json(event.data))
+        digest = event_hash(
             chain_id=chain_id,
             seq=seq,
-            kind=kind,
-            actor=actor,
+            kind=event.kind,
+            actor=event.actor,
             data=data,
             created_at=created_at,
             prev_hash=prev_hash,
-            hash=digest,
         )
-    )
-    await conn.execute(
-        update(chain_heads).where(chain_heads.c.chain_id == chain_id).values(seq=seq, hash=digest)
-    )
-    return AppendedEvent(chain_id=chain_id, seq=seq, hash=digest)
+        rows.append(
+            {
+                "chain_id": chain_id,
+                "seq": seq,
+                "kind": event.kind,
+                "actor": event.actor,
+                "data": data,
+                "created_at": created_at,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    await conn.execute(audit_events.insert(), rows)
+    if new_chain:
+        await conn.execute(chain_heads.insert().values(chain_id=chain_id, seq=seq, hash=prev_hash))
+    else:
+        await conn.execute(
+            update(chain_heads).where(chain_heads.c.chain_id == chain_id).values(seq=seq, hash=prev_hash)
+        )
+    return AppendedEvent(chain_id=chain_id, seq=seq, hash=prev_hash)
+
+
+async def append_event(
+    conn: AsyncConnection,
+    *,
+    chain_id: str,
+    kind: str,
+    actor: str,
+    data: dict[str, Any],
+    now: dt.datetime | None = None,
+) -> AppendedEvent:
+    """Append one event to an existing (or implicitly started) chain."""
+    return await append_events(conn, chain_id, [NewEvent(kind, actor, data)], now=now)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,6 +23,11 @@ class ActivePolicies:
     policy_set: PolicySet
     version: int
     sha256: str
+    snapshots: tuple[dict[str, Any], ...] = ()
+
+    def rule_snapshot(self, rule_index: int | None) -> dict[str, Any] | None:
+        """The rule as stored on each request it judged (computed once per load, not per request)."""
+        return None if rule_index is None else self.snapshots[rule_index]
 
 
 async def record_policy_version(
@@ -58,4 +64,9 @@ async def record_policy_version(
                 )
             ).scalar_one()
         )
-    return ActivePolicies(policy_set=loaded.policy_set, version=version, sha256=loaded.sha256)
+    return ActivePolicies(
+        policy_set=loaded.policy_set,
+        version=version,
+        sha256=loaded.sha256,
+        snapshots=tuple(rule.model_dump(mode="json") for rule in loaded.policy_set.policies),
+    )

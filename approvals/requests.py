@@ -5,23 +5,31 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.agents import Principal, agent_chain
-from approvals.audit import append_event, canonical_json
+from approvals.audit import NewEvent, append_event, append_events, canonical_json
 from approvals.db import db_now, insert_ignoring_conflict
 from approvals.errors import Conflict, DomainError, Forbidden, NotFound
 from approvals.keys import new_id
 from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue
 from approvals.policies import evaluate
 from approvals.policy_versions import ActivePolicies
-from approvals.request_views import load_request_view
+from approvals.request_views import load_request_view, render_request
 from approvals.tables import idempotency_keys, requests
 
 DEFAULT_LIFETIME_SECONDS = 24 * 3600
+_NO_OUTCOME = {
+    "outcome_status": None,
+    "outcome_detail": None,
+    "outcome_external_ref": None,
+    "outcome_at": None,
+    "delivery_error": None,
+}
 
 
 @dataclass(frozen=True)
@@ -123,71 +131,70 @@ async def create_request(
     status = {"allow": "approved", "deny": "rejected", "require_approval": "pending"}[evaluation.decision]
     final = status != "pending"
     request_id = new_id("req_")
-    await conn.execute(
-        requests.insert().values(
-            id=request_id,
-            agent_id=principal.agent_id,
-            action=new.action,
-            title=new.title,
-            summary=new.summary,
-            params=new.params,
-            payload_sha256=payload_sha256,
-            on_behalf_of=new.on_behalf_of,
-            links=new.links,
-            callback_url=new.callback_url,
-            status=status,
-            decided_by="policy" if final else None,
-            reason=evaluation.reason if final else None,
-            policy_name=evaluation.policy_name,
-            policy_version_id=policies.version,
-            policy_rule=rule.model_dump(mode="json") if rule is not None else None,
-            required_approvals=rule.required_approvals if rule is not None else 1,
-            created_at=now,
-            expires_at=now + dt.timedelta(seconds=lifetime),
-            decided_at=now if final else None,
-        )
-    )
-    actor = f"agent:{principal.agent_name}"
-    await append_event(
-        conn,
-        chain_id=request_id,
-        kind="request_created",
-        actor=actor,
-        data={
-            "agent_id": principal.agent_id,
-            "agent": principal.agent_name,
-            "action": new.action,
-            "on_behalf_of": new.on_behalf_of,
-            "payload_sha256": payload_sha256,
-            "callback_url": new.callback_url,
-            "expires_in_requested": new.expires_in,
-            "expires_at": (now + dt.timedelta(seconds=lifetime)).isoformat(),
-            "idempotency_key": idempotency_key,
-        },
-    )
-    await append_event(
-        conn,
-        chain_id=request_id,
-        kind="policy_evaluated",
-        actor="policy",
-        data={
-            "inputs": {"action": new.action, "agent": principal.agent_name},
-            "policy": evaluation.policy_name,
-            "policy_version": policies.version,
-            "policy_sha256": policies.sha256,
-            "rule_index": evaluation.rule_index,
-            "decision": evaluation.decision,
-            "reason": evaluation.reason,
-        },
-    )
+    expires_at = now + dt.timedelta(seconds=lifetime)
+    values = {
+        "id": request_id,
+        "agent_id": principal.agent_id,
+        "action": new.action,
+        "title": new.title,
+        "summary": new.summary,
+        "params": new.params,
+        "payload_sha256": payload_sha256,
+        "on_behalf_of": new.on_behalf_of,
+        "links": new.links,
+        "callback_url": new.callback_url,
+        "status": status,
+        "decided_by": "policy" if final else None,
+        "reason": evaluation.reason if final else None,
+        "policy_name": evaluation.policy_name,
+        "policy_version_id": policies.version,
+        "policy_rule": policies.rule_snapshot(evaluation.rule_index),
+        "required_approvals": rule.required_approvals if rule is not None else 1,
+        "created_at": now,
+        "expires_at": expires_at,
+        "decided_at": now if final else None,
+    }
+    await conn.execute(requests.insert().values(**values))
+    events = [
+        NewEvent(
+            "request_created",
+            f"agent:{principal.agent_name}",
+            {
+                "agent_id": principal.agent_id,
+                "agent": principal.agent_name,
+                "action": new.action,
+                "on_behalf_of": new.on_behalf_of,
+                "payload_sha256": payload_sha256,
+                "callback_url": new.callback_url,
+                "expires_in_requested": new.expires_in,
+                "expires_at": expires_at.isoformat(),
+                "idempotency_key": idempotency_key,
+            },
+        ),
+        NewEvent(
+            "policy_evaluated",
+            "policy",
+            {
+                "inputs": {"action": new.action, "agent": principal.agent_name},
+                "policy": evaluation.policy_name,
+                "policy_version": policies.version,
+                "policy_sha256": policies.sha256,
+                "rule_index": evaluation.rule_index,
+                "decision": evaluation.decision,
+                "reason": evaluation.reason,
+            },
+        ),
+    ]
     if final:
-        await finalise(
+        events.append(
+            NewEvent(f"request_{status}", "policy", {"decided_by": "policy", "reason": evaluation.reason})
+        )
+        await _queue_final_deliveries(
             conn,
             request_id=request_id,
             status=status,
-            actor="policy",
+            callback_url=new.callback_url,
             now=now,
-            data={"decided_by": "policy", "reason": evaluation.reason},
             notify_slack=False,
         )
     else:
@@ -199,9 +206,10 @@ async def create_request(
             payload={},
             now=now,
         )
+    await append_events(conn, request_id, events, now=now, new_chain=True)
 
-    view = await load_request_view(conn, request_id)
-    assert view is not None
+    # A brand-new request has no decisions or deliveries: render it without reading it back.
+    view = render_request(SimpleNamespace(**values, **_NO_OUTCOME), [])
     if idempotency_key is not None:
         await conn.execute(
             update(idempotency_keys)
@@ -253,10 +261,26 @@ async def finalise(
     actor: str,
     now: dt.datetime,
     data: dict[str, Any],
-    notify_slack: bool = True,
 ) -> None:
     """The audit event and deliveries every final state owes: the card update and the agent callback."""
-    await append_event(conn, chain_id=request_id, kind=f"request_{status}", actor=actor, data=data)
+    await append_event(conn, chain_id=request_id, kind=f"request_{status}", actor=actor, data=data, now=now)
+    callback_url = (
+        await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
+    ).scalar()
+    await _queue_final_deliveries(
+        conn, request_id=request_id, status=status, callback_url=callback_url, now=now
+    )
+
+
+async def _queue_final_deliveries(
+    conn: AsyncConnection,
+    *,
+    request_id: str,
+    status: str,
+    callback_url: str | None,
+    now: dt.datetime,
+    notify_slack: bool = True,
+) -> None:
     if notify_slack:
         await enqueue(
             conn,
@@ -266,10 +290,7 @@ async def finalise(
             payload={"status": status},
             now=now,
         )
-    callback = (
-        await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
-    ).scalar()
-    if callback:
+    if callback_url:
         await enqueue(
             conn,
             kind=CALLBACK,

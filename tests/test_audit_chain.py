@@ -52,7 +52,7 @@ async def test_the_policy_decision_event_says_what_fired_and_why(api: Api) -> No
     policy = next(e for e in chain if e["kind"] == "policy_evaluated")
     assert policy["data"]["decision"] == "deny"
     assert policy["data"]["policy"] == "delete_*"
-    assert policy["data"]["rule_index"] == 3
+    assert policy["data"]["rule_index"] == 4
     assert policy["data"]["inputs"] == {"action": "delete_repo", "agent": "hiring-bot"}
     assert [e["kind"] for e in chain] == ["request_created", "policy_evaluated", "request_rejected"]
 

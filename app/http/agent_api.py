@@ -33,7 +33,8 @@ POLL_INTERVAL_SECONDS = 1.0
 
 
 async def _agent(request: web.Request) -> Principal:
-    return await principal_for(request, container_of(request).engine, role="agent")
+    container = container_of(request)
+    return await principal_for(request, container.engine, container.principals, role="agent")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
