@@ -60,6 +60,8 @@ def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
 @click.group()
 def main() -> None:
     """Human approval for AI agents, decided in Slack."""
+    # Commands print their results on stdout (often as --json); their logs go to stderr.
+    configure_logging("INFO", stream=sys.stderr)
 
 
 @main.command()

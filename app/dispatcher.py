@@ -7,6 +7,7 @@ scheduler (for other replicas' rows, retries, and rows whose process died mid-de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ log = structlog.get_logger("approvals.outbox")
 
 LEASE = dt.timedelta(seconds=60)
 BATCH = 50
+DEBOUNCE_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,13 @@ def backoff(attempt: int, *, cap: float = 300.0) -> float:
 class OutboxDispatcher:
     """Runs the handler registered for each kind; one sweep at a time per process."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, debounce: float = DEBOUNCE_SECONDS) -> None:
         self._engine = engine
         self._handlers: dict[str, Handler] = {}
         self._lock = asyncio.Lock()
-        self._again = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._debounce = debounce
+        self._loop_task: asyncio.Task[None] | None = None
 
     def register(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
@@ -63,28 +66,31 @@ class OutboxDispatcher:
 
     def kick(self) -> None:
         """Deliver what is due now, in the background (called after a commit)."""
-        if self._lock.locked():
-            self._again = True
+        if not self._handlers:
             return
-        task = asyncio.get_running_loop().create_task(self._kicked())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._wake.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._kicked_loop())
 
-    async def _kicked(self) -> None:
-        try:
-            await self.run_until_idle()
-        except Exception:
-            log.exception("outbox_dispatch_failed")
+    async def _kicked_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            # A burst of commits (many requests at once) becomes one sweep, not one sweep each.
+            await asyncio.sleep(self._debounce)
+            self._wake.clear()
+            try:
+                await self.run_until_idle()
+            except Exception:
+                log.exception("outbox_dispatch_failed")
 
     async def run_until_idle(self) -> int:
         """Deliver due rows until none are left; returns how many attempts were made."""
         total = 0
         async with self._lock:
             while True:
-                self._again = False
                 done = await self._run_batch()
                 total += done
-                if done == 0 and not self._again:
+                if done == 0:
                     return total
 
     async def _run_batch(self) -> int:
@@ -128,6 +134,7 @@ class OutboxDispatcher:
                 await outcome.then(conn)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task

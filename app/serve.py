@@ -12,6 +12,7 @@ from aiohttp import web
 from app.bootstrap import build_container
 from app.config import Settings
 from app.slack.socket_mode import socket_mode
+from app.tasks import drain_background_tasks
 from app.web import build_app
 
 log = structlog.get_logger("approvals")
@@ -54,4 +55,7 @@ async def serve(settings: Settings) -> None:
             log.info("stopping")
     finally:
         await runner.cleanup()
+        await container.dispatcher.close()
+        # Clicks acknowledged to Slack are being decided in listener tasks: let them commit.
+        await drain_background_tasks()
         await container.engine.dispose()

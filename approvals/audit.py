@@ -15,6 +15,7 @@ from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.tables import audit_events, chain_heads
 
 GENESIS_HASH = "0" * 64
+_INSERT_EVENT = audit_events.insert()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -115,9 +116,9 @@ async def append_events(
             }
         )
         prev_hash = digest
-    await conn.execute(audit_events.insert(), rows)
+    await conn.execute(_INSERT_EVENT, rows)
     if new_chain:
-        await conn.execute(chain_heads.insert().values(chain_id=chain_id, seq=seq, hash=prev_hash))
+        await conn.execute(chain_heads.insert(), {"chain_id": chain_id, "seq": seq, "hash": prev_hash})
     else:
         await conn.execute(
             update(chain_heads).where(chain_heads.c.chain_id == chain_id).values(seq=seq, hash=prev_hash)

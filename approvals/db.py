@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from sqlalchemy import DateTime, Table, TypeDecorator, text
@@ -34,14 +35,18 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+_POSTGRES_NOW = text("SELECT clock_timestamp()")
+
+
 async def db_now(conn: AsyncConnection) -> dt.datetime:
     """The database server's clock: every timestamp we record comes from here, never from the caller."""
     if conn.dialect.name == "sqlite":
-        raw = (await conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))).scalar_one()
+        raw = (await conn.execute(_SQLITE_NOW)).scalar_one()
         return dt.datetime.fromisoformat(raw).replace(tzinfo=UTC)
     # clock_timestamp(), not now(): now() is frozen at transaction start, which would let a long
     # transaction record times earlier than events it has already seen committed.
-    value = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    value = (await conn.execute(_POSTGRES_NOW)).scalar_one()
     assert isinstance(value, dt.datetime)
     return value.astimezone(UTC)
 
@@ -53,10 +58,16 @@ async def insert_ignoring_conflict(
 
     RETURNING, not rowcount, tells whether the row was inserted: psycopg reports -1 here.
     """
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values).on_conflict_do_nothing()
+    stmt = _insert_ignoring(conn.dialect.name, table, returning)
+    return (await conn.execute(stmt, values)).first()
+
+
+@functools.cache
+def _insert_ignoring(dialect: str, table: Table, returning: Any) -> Any:
+    # Built once per table: constructing statements per call costs more CPU than running them.
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     columns = [returning] if returning is not None else list(table.primary_key.columns)
-    return (await conn.execute(stmt.returning(*columns))).first()
+    return insert(table).on_conflict_do_nothing().returning(*columns)
 
 
 def is_postgres(conn: AsyncConnection) -> bool:

@@ -154,7 +154,7 @@ async def create_request(
         "expires_at": expires_at,
         "decided_at": now if final else None,
     }
-    await conn.execute(requests.insert().values(**values))
+    await conn.execute(requests.insert(), values)
     events = [
         NewEvent(
             "request_created",

@@ -20,6 +20,7 @@ from app.bootstrap import Container, build_container
 from app.config import Settings
 from app.database import build_engine
 from app.migrate import upgrade_to_head
+from app.tasks import drain_background_tasks
 from app.web import build_app
 from approvals.agents import add_agent
 from approvals.policies import parse_policies
@@ -191,6 +192,14 @@ async def start_service(database_url: str, **overrides: Any) -> tuple[Container,
     return container, server
 
 
+async def stop_service(container: Container, server: TestServer) -> None:
+    """Stop as `serve` does: HTTP first, then the dispatcher, then work still running, then the pool."""
+    await server.close()
+    await container.dispatcher.close()
+    await drain_background_tasks()
+    await container.engine.dispose()
+
+
 @pytest.fixture
 async def api(database_url: str) -> AsyncIterator[Api]:
     """The service over real HTTP on a local port, with one registered agent."""
@@ -201,8 +210,7 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             "hiring-bot", ["send_offer_letter", "refund_customer", "read_*", "delete_*"]
         )
         yield client
-    await server.close()
-    await container.engine.dispose()
+    await stop_service(container, server)
 
 
 def offer(**overrides: Any) -> dict[str, Any]:

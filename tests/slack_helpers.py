@@ -15,7 +15,7 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import select
 
 from approvals.tables import slack_messages
-from tests.conftest import Api, start_service
+from tests.conftest import Api, start_service, stop_service
 from tests.fake_slack import TEAM_ID, FakeSlack
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -184,6 +184,4 @@ async def slack_service(database_url: str, **overrides: Any) -> AsyncIterator[Sl
                 )
                 yield api
         finally:
-            await container.dispatcher.close()
-            await server.close()
-            await container.engine.dispose()
+            await stop_service(container, server)

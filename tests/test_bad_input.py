@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from app.config import MAX_BODY_BYTES
 from approvals.tables import requests
-from tests.conftest import Api, offer
+from tests.conftest import Api, offer, stop_service
 
 
 async def _error(resp: Any, status: int) -> dict[str, Any]:
@@ -168,8 +168,7 @@ async def test_allowed_hosts_let_a_private_callback_through(database_url: str) -
             refused = await api.post("/v1/requests", offer(callback_url="http://192.168.1.1/cb"))
             assert refused.status == 422
     finally:
-        await server.close()
-        await container.engine.dispose()
+        await stop_service(container, server)
 
 
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer apk_wrong", "Basic abc", "bearer "])

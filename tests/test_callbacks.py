@@ -12,7 +12,7 @@ from aiohttp import ClientSession
 from sqlalchemy import func, select, update
 
 from approvals.tables import outbox
-from tests.conftest import Api, offer, start_service
+from tests.conftest import Api, offer, start_service, stop_service
 from tests.receiver import Receiver
 
 
@@ -38,9 +38,7 @@ async def cb_api(database_url: str) -> AsyncIterator[Api]:
         api = Api(session=session, base=str(server.make_url("")), key="", container=container)
         api.key = await api.add_agent("cb-bot", ["send_offer_letter", "read_*"])
         yield api
-    await container.dispatcher.close()
-    await server.close()
-    await container.engine.dispose()
+    await stop_service(container, server)
 
 
 async def _make_due(api: Api) -> None:
@@ -140,6 +138,4 @@ async def test_a_callback_that_now_resolves_privately_is_not_sent(
         [attempt] = [d for d in view["deliveries"] if d["kind"] == "callback"]
         assert attempt["result"] == "failed"
     finally:
-        await container.dispatcher.close()
-        await server.close()
-        await container.engine.dispose()
+        await stop_service(container, server)

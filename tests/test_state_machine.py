@@ -22,7 +22,7 @@ from approvals.requests import (
     record_outcome,
 )
 from approvals.tables import audit_events, requests
-from tests.conftest import TEST_POLICIES, Api, offer
+from tests.conftest import TEST_POLICIES, Api, offer, stop_service
 
 OPERATIONS = st.lists(st.sampled_from(["cancel", "expire", "outcome"]), max_size=6)
 
@@ -133,8 +133,7 @@ async def test_scheduler_expires_a_request_and_wakes_its_long_poller(database_ur
         assert body["status"] == "expired"
         assert body["decided_by"] == "system"
     finally:
-        await server.close()
-        await container.engine.dispose()
+        await stop_service(container, server)
 
 
 async def test_concurrent_expiry_sweeps_expire_each_request_once(api: Api) -> None:
