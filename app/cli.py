@@ -6,55 +6,18 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
 
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.bootstrap import StartupError, prepare_database
-from app.config import ConfigError, Settings, load_settings
+from app.bootstrap import StartupError
+from app.cli_audit import audit, keys
+from app.cli_support import fail, in_transaction, print_result, settings_or_exit
 from app.database import build_engine
 from app.logs import configure_logging
 from app.migrate import schema_state, upgrade_to_head
 from approvals import agents as agent_cases
-from approvals.errors import DomainError
 from approvals.policies import PolicyError, evaluate, load_policies
-
-T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(message, err=True)
-    sys.exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run one use case in one transaction on a checked (or auto-migrated) database."""
-    settings = _settings()
-
-    async def run() -> T:
-        engine = build_engine(settings.database_url)
-        try:
-            await prepare_database(engine, settings)
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except StartupError as exc:
-        _fail(f"error: {exc}")
-    except DomainError as exc:
-        _fail(f"error: {exc.message}", 1)
 
 
 @click.group()
@@ -69,20 +32,20 @@ def serve() -> None:
     """Start the HTTP service, Slack handling and the scheduler."""
     from app.serve import serve as run_service
 
-    settings = _settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level)
     try:
         asyncio.run(run_service(settings))
     except (StartupError, PolicyError) as exc:
-        _fail(f"error: {exc}")
+        fail(f"error: {exc}")
     except OSError as exc:
-        _fail(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        fail(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
 
 
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def run() -> tuple[str | None, str]:
         engine = build_engine(settings.database_url)
@@ -96,7 +59,7 @@ def migrate() -> None:
     try:
         before, head = asyncio.run(run())
     except OSError as exc:
-        _fail(f"error: cannot reach the database: {exc}")
+        fail(f"error: cannot reach the database: {exc}")
     click.echo(f"database at {head}" + ("" if before == head else f" (was {before or 'empty'})"))
 
 
@@ -111,7 +74,7 @@ def policies() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) -> None:
     """Validate FILE (default: APPROVALS_POLICIES) and report what it holds."""
-    path = file or str(_settings().policies)
+    path = file or str(settings_or_exit().policies)
     try:
         loaded = load_policies(path)
     except PolicyError as exc:
@@ -130,7 +93,7 @@ def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) ->
                 )
             )
             sys.exit(1)
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     judged = [
         {"action": a, "decision": e.decision, "policy": e.policy_name, "reason": e.reason}
         for a in actions
@@ -159,10 +122,6 @@ def agents() -> None:
     """Register and manage agents and their keys."""
 
 
-def _print(value: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(value, indent=2) if as_json else text)
-
-
 @agents.command("add")
 @click.argument("name")
 @click.option("--owner", required=True, help="Email of the person accountable for the agent.")
@@ -181,8 +140,8 @@ def agents_add(
             conn, name=name, owner=owner, actions=allowed, purpose=purpose, risk=risk
         )
 
-    new = _in_transaction(work)
-    _print(
+    new = in_transaction(work)
+    print_result(
         {"id": new.id, "name": new.name, "api_key": new.api_key, "webhook_secret": new.webhook_secret},
         as_json,
         f"agent {new.name} registered ({new.id})\n"
@@ -195,13 +154,13 @@ def agents_add(
 @click.option("--json", "as_json", is_flag=True)
 def agents_list(as_json: bool) -> None:
     """List agents, their allowed actions and active key prefixes."""
-    rows = _in_transaction(agent_cases.list_agents)
+    rows = in_transaction(agent_cases.list_agents)
     lines = [
         f"{r['name']:<24} owner={r['owner']} risk={r['risk']} actions={','.join(r['actions'])}"
         f"{' REVOKED' if r['revoked'] else ''} keys={','.join(k['prefix'] + '…' for k in r['keys'])}"
         for r in rows
     ]
-    _print(rows, as_json, "\n".join(lines) if lines else "no agents")
+    print_result(rows, as_json, "\n".join(lines) if lines else "no agents")
 
 
 @agents.command("rotate")
@@ -220,8 +179,8 @@ def agents_rotate(name: str, grace: int, as_json: bool) -> None:
     async def work(conn: AsyncConnection) -> str:
         return await agent_cases.rotate_agent_key(conn, name=name, grace=dt.timedelta(seconds=grace))
 
-    key = _in_transaction(work)
-    _print(
+    key = in_transaction(work)
+    print_result(
         {"name": name, "api_key": key, "previous_key_grace_seconds": grace},
         as_json,
         f"new API key for {name} (shown once): {key}\nthe previous key stops working in {grace} s",
@@ -237,8 +196,12 @@ def agents_revoke(name: str, as_json: bool) -> None:
     async def work(conn: AsyncConnection) -> None:
         await agent_cases.revoke_agent(conn, name=name)
 
-    _in_transaction(work)
-    _print({"name": name, "revoked": True}, as_json, f"agent {name} revoked")
+    in_transaction(work)
+    print_result({"name": name, "revoked": True}, as_json, f"agent {name} revoked")
+
+
+main.add_command(audit)
+main.add_command(keys)
 
 
 if __name__ == "__main__":

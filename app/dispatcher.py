@@ -17,6 +17,7 @@ from typing import Literal
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.failpoints import failpoint, outbox_lease
 from approvals.outbox import Claimed, claim_due, settle
 
 log = structlog.get_logger("approvals.outbox")
@@ -49,8 +50,17 @@ def backoff(attempt: int, *, cap: float = 300.0) -> float:
 class OutboxDispatcher:
     """Runs the handler registered for each kind; one sweep at a time per process."""
 
-    def __init__(self, engine: AsyncEngine, *, debounce: float = DEBOUNCE_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        debounce: float = DEBOUNCE_SECONDS,
+        lease: dt.timedelta | None = None,
+    ) -> None:
         self._engine = engine
+        # How long a claimed row stays invisible to other sweeps; APPROVALS_OUTBOX_LEASE_SECONDS
+        # overrides the default (see app/failpoints.py).
+        self._lease = lease if lease is not None else outbox_lease(LEASE)
         self._handlers: dict[str, Handler] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -97,12 +107,13 @@ class OutboxDispatcher:
         if not self._handlers:
             return 0
         async with self._engine.begin() as conn:
-            claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=LEASE)
+            claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=self._lease)
         await asyncio.gather(*(self._deliver(item) for item in claimed))
         return len(claimed)
 
     async def _deliver(self, item: Claimed) -> None:
         started = time.perf_counter()
+        failpoint(f"before_{item.kind}")  # crash-safety tests only; inert unless APPROVALS_FAILPOINT is set
         try:
             outcome = await self._handlers[item.kind](item)
         except Exception as exc:
@@ -110,6 +121,7 @@ class OutboxDispatcher:
             outcome = Settlement(
                 "retry", retry_in=backoff(item.attempt), error=f"{type(exc).__name__}: {exc}"
             )
+        failpoint(f"after_{item.kind}")  # delivered but not settled: the row must come due again
         latency_ms = int((time.perf_counter() - started) * 1000)
         if outcome.result in ("failed", "gone"):
             log.error(

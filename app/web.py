@@ -10,7 +10,7 @@ from aiohttp import web
 
 from app.bootstrap import Container
 from app.config import MAX_BODY_BYTES
-from app.http import agent_api, ops
+from app.http import agent_api, audit_api, ops
 from app.http.context import CONTAINER
 from app.http.errors import Handler, json_errors
 from app.scheduler import build_scheduler
@@ -46,6 +46,7 @@ def build_app(container: Container, *, run_scheduler: bool = True) -> web.Applic
     app = web.Application(middlewares=[observe, json_errors], client_max_size=MAX_BODY_BYTES)
     app[CONTAINER] = container
     agent_api.register(app)
+    audit_api.register(app)
     ops.register(app)
     slack_http.register(app)
     if run_scheduler:

@@ -175,3 +175,71 @@ async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | Non
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
         return ChainBreak(chain_id, expected_seq, "events after this point were removed")
     return None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    chains: int
+    events: int
+    first_break: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None
+
+
+async def verify_all(conn: AsyncConnection) -> VerifyReport:
+    """Recompute every chain in one pass over the log, and check each chain's head row agrees.
+
+    A chain whose events were deleted entirely but whose head row remains is reported too.
+    """
+    heads = {row.chain_id: (row.seq, row.hash) for row in await conn.execute(select(chain_heads))}
+    result = await conn.stream(
+        select(audit_events).order_by(audit_events.c.chain_id, audit_events.c.seq).execution_options(yield_per=5000)
+    )
+    chains = events = 0
+    current: str | None = None
+    prev_hash, expected_seq = GENESIS_HASH, 1
+    first_break: ChainBreak | None = None
+
+    def close_chain(chain_id: str) -> ChainBreak | None:
+        head = heads.pop(chain_id, None)
+        if head is not None and (head[0] != expected_seq - 1 or head[1] != prev_hash):
+            return ChainBreak(chain_id, expected_seq, "events after this point were removed")
+        return None
+
+    async for row in result:
+        events += 1
+        if row.chain_id != current:
+            if current is not None and first_break is None:
+                first_break = close_chain(current)
+            current, prev_hash, expected_seq = row.chain_id, GENESIS_HASH, 1
+            chains += 1
+        if first_break is not None:
+            continue
+        if row.seq != expected_seq:
+            first_break = ChainBreak(row.chain_id, expected_seq, f"event {expected_seq} is missing")
+        elif row.prev_hash != prev_hash:
+            first_break = ChainBreak(row.chain_id, row.seq, "prev_hash does not match the event before it")
+        elif (
+            event_hash(
+                chain_id=row.chain_id,
+                seq=row.seq,
+                kind=row.kind,
+                actor=row.actor,
+                data=row.data,
+                created_at=row.created_at,
+                prev_hash=row.prev_hash,
+            )
+            != row.hash
+        ):
+            first_break = ChainBreak(row.chain_id, row.seq, "event content does not match its hash")
+        else:
+            prev_hash, expected_seq = row.hash, expected_seq + 1
+    if current is not None and first_break is None:
+        first_break = close_chain(current)
+    if first_break is None:
+        for chain_id in sorted(heads):
+            first_break = ChainBreak(chain_id, 1, "the whole chain was removed")
+            break
+    return VerifyReport(chains=chains, events=events, first_break=first_break)

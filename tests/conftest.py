@@ -72,7 +72,10 @@ def _postgres_available() -> bool:
 
 @pytest.fixture(scope="session")
 def worker_name(request: pytest.FixtureRequest) -> str:
-    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+    """Unique per worker and per test run, so two runs on one server never share a database."""
+    worker = str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))[:8]
+    return f"{worker}_{run}"
 
 
 @pytest.fixture(scope="session")

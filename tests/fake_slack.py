@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,14 @@ class _Fault:
 class FakeSlack:
     """The fake server; use `async with FakeSlack() as fake:` or `await fake.start()` / `await fake.stop()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wall_clock: bool = False) -> None:
+        # wall_clock: message timestamps follow the real clock (as Slack's do), for code that asks for
+        # history since a moment; by default they count up from 1700000000.000100, as tests expect.
+        self.wall_clock = wall_clock
+        # Every message the bot posted, per channel, oldest first (metadata included); chat.update
+        # edits them in place and conversations.history reads them.
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self._last_ts = 0.0
         # Tests fill these: users.info answers from `users`, usergroups.users.list from `usergroups`.
         self.users: dict[str, dict[str, str]] = {}
         self.usergroups: dict[str, list[str]] = {}
@@ -113,6 +121,14 @@ class FakeSlack:
 
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
+
+    def succeeded(self, method: str) -> list[Call]:
+        """The calls to `method` that no queued fault answered."""
+        return [call for call in self.calls_to(method) if not call.failed]
+
+    def messages_in(self, channel: str) -> list[dict[str, Any]]:
+        """The bot's messages in `channel` (a user id means the bot's DM with them), oldest first."""
+        return list(self.messages.get(_dm_channel(channel), []))
 
     def responses_to(self, response_id: str) -> list[dict[str, Any]]:
         return [
@@ -205,9 +221,14 @@ class FakeSlack:
             "users.info": self._user_info,
             "usergroups.users.list": self._usergroup_members,
             "conversations.open": self._open_dm,
+            "conversations.history": self._history,
         }
 
     def _next_ts(self) -> str:
+        if self.wall_clock:
+            # Unique and increasing, like Slack's: never two messages with the same ts.
+            self._last_ts = max(time.time(), self._last_ts + 0.000001)
+            return f"{self._last_ts:.6f}"
         n = next(self._ts)
         return f"{1_700_000_000 + n // 1_000_000}.{n % 1_000_000:06d}"
 
@@ -233,10 +254,19 @@ class FakeSlack:
         ts = self._next_ts()
         message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": ts}
         message |= {key: params[key] for key in ("text", "blocks") if key in params}
+        stored = dict(message)
+        if isinstance(params.get("metadata"), dict):
+            stored["metadata"] = params["metadata"]
+        self.messages.setdefault(channel, []).append(stored)
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
         message = {key: params[key] for key in ("text", "blocks") if key in params}
+        for stored in self.messages.get(str(params.get("channel") or ""), []):
+            if stored["ts"] == params.get("ts"):
+                stored |= message  # Slack keeps a message's metadata unless the update sends new
+                if isinstance(params.get("metadata"), dict):
+                    stored["metadata"] = params["metadata"]
         return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"), "message": message}
 
     def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -280,12 +310,53 @@ class FakeSlack:
             return {"ok": False, "error": "no_such_subteam"}
         return {"ok": True, "users": list(members)}
 
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """conversations.history: newest first, `oldest`/`latest` exclusive unless `inclusive`, paged."""
+        channel = str(params.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        inclusive = _truthy(params.get("inclusive"))
+        oldest = float(params.get("oldest") or 0)
+        latest = float(params["latest"]) if params.get("latest") else None
+        newest_first = sorted(self.messages.get(channel, []), key=lambda m: float(m["ts"]), reverse=True)
+
+        def within(message: dict[str, Any]) -> bool:
+            ts = float(message["ts"])
+            after = ts >= oldest if inclusive else ts > oldest
+            before = latest is None or (ts <= latest if inclusive else ts < latest)
+            return after and before
+
+        matching = [m for m in newest_first if within(m)]
+        start = int(str(params.get("cursor") or "offset:0").removeprefix("offset:"))
+        limit = int(params.get("limit") or 100)
+        page = matching[start : start + limit]
+        if not _truthy(params.get("include_all_metadata")):
+            page = [{k: v for k, v in m.items() if k != "metadata"} for m in page]
+        has_more = start + limit < len(matching)
+        return {
+            "ok": True,
+            "messages": [dict(m) for m in page],
+            "has_more": has_more,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": f"offset:{start + limit}" if has_more else ""},
+        }
+
     def _open_dm(self, params: dict[str, Any]) -> dict[str, Any]:
         users = params.get("users") or ""
         first = (users if isinstance(users, list) else str(users).split(","))[0].strip()
         if not first:
             return {"ok": False, "error": "users_list_not_supplied"}
         return {"ok": True, "channel": {"id": "D" + first[1:]}}
+
+
+def _dm_channel(channel: str) -> str:
+    """Where a post to `channel` lands: a user id means the bot's DM with that user."""
+    return "D" + channel[1:] if channel[:1] in ("U", "W") else channel
+
+
+def _truthy(value: Any) -> bool:
+    """A boolean Slack parameter as clients send it: true, "true" or "1" (slack_sdk sends 1)."""
+    return value is True or str(value).lower() in ("1", "true")
 
 
 async def _read_params(request: web.Request) -> dict[str, Any]:

@@ -156,6 +156,46 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "responses": {**_ok(200, "recorded"), **_errors(400, 401, 404, 409, 413, 415, 422)},
                 }
             },
+            "/v1/audit/chains": {
+                "get": {
+                    "summary": "Approval chains (auditor keys): filters agent, policy, action, approver, status, "
+                    "outcome (succeeded|failed|none), from, to (ISO 8601); limit (<= 1000), cursor; "
+                    "format=json|jsonl|csv or Accept. X-Population gives how many chains match.",
+                    "security": SECURED,
+                    "parameters": [
+                        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                        for name in (
+                            "agent",
+                            "policy",
+                            "action",
+                            "approver",
+                            "status",
+                            "outcome",
+                            "from",
+                            "to",
+                            "cursor",
+                            "format",
+                        )
+                    ]
+                    + [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        }
+                    ],
+                    "responses": {"200": {"description": "a page of chains"}, **_errors(401, 403, 422)},
+                }
+            },
+            "/v1/audit/chains/{id}": {
+                "get": {
+                    "summary": "One approval chain (auditor keys)",
+                    "security": SECURED,
+                    "parameters": [ID_PARAM],
+                    "responses": {"200": {"description": "the chain"}, **_errors(401, 403, 404)},
+                }
+            },
             "/slack/events": {
                 "post": {
                     "summary": "Slack events, interactions and slash commands (signed by Slack; 401 otherwise)",

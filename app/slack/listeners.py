@@ -15,6 +15,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.failpoints import failpoint
 from app.slack.cards import build_home_view, build_pending_list, build_reject_modal
 from app.slack.clicks import ClickProcessor
 from app.slack.directory import SlackDirectory
@@ -73,6 +74,7 @@ def register(
         dedupe = f"action:{payload['team_id']}:{payload['user_id']}:{payload['action_ts']}"
         click_id = await clicks.accept(dedupe_key=dedupe, request_id=request_id, payload=payload)
         await ack()  # only now: the click is stored and survives a crash
+        failpoint("after_click_ack")  # crash-safety tests only; inert unless APPROVALS_FAILPOINT is set
         if click_id is not None:
             await process(click_id)
 

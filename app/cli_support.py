@@ -1,0 +1,56 @@
+"""Shared plumbing for CLI commands: settings, one transaction per command, errors and output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.bootstrap import StartupError, prepare_database
+from app.config import ConfigError, Settings, load_settings
+from app.database import build_engine
+from approvals.errors import DomainError
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one use case in one transaction on a checked (or auto-migrated) database."""
+    settings = settings_or_exit()
+
+    async def run() -> T:
+        engine = build_engine(settings.database_url)
+        try:
+            await prepare_database(engine, settings)
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except StartupError as exc:
+        fail(f"error: {exc}")
+    except DomainError as exc:
+        fail(f"error: {exc.message}", 1)
+
+
+def print_result(value: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(value, indent=2) if as_json else text)

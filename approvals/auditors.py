@@ -1,0 +1,57 @@
+"""Auditor keys: read-only access to the compliance API, never to the agent API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.audit import append_event
+from approvals.db import db_now
+from approvals.errors import Conflict, InvalidInput
+from approvals.keys import AUDITOR_KEY_PREFIX, display_prefix, hash_api_key, new_api_key, new_id
+from approvals.tables import api_keys
+
+AUDITORS_CHAIN = "auditors"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    name: str
+    role: str
+    api_key: str
+
+
+async def add_auditor_key(conn: AsyncConnection, *, name: str, actor: str = "cli") -> NewKey:
+    """A new auditor key, shown once; its hash is stored and its creation audited."""
+    if not name or len(name) > 100:
+        raise InvalidInput("invalid_name", "key names are 1-100 characters", "name")
+    taken = (
+        await conn.execute(select(api_keys.c.id).where(api_keys.c.name == name, api_keys.c.role == "auditor"))
+    ).first()
+    if taken is not None:
+        raise Conflict("key_exists", f"an auditor key named {name!r} already exists", "name")
+    key, key_id = new_api_key(AUDITOR_KEY_PREFIX), new_id("key_")
+    now = await db_now(conn)
+    await conn.execute(
+        api_keys.insert().values(
+            id=key_id,
+            role="auditor",
+            agent_id=None,
+            name=name,
+            key_hash=hash_api_key(key),
+            prefix=display_prefix(key),
+            created_at=now,
+        )
+    )
+    await append_event(
+        conn,
+        chain_id=AUDITORS_CHAIN,
+        kind="auditor_key_added",
+        actor=actor,
+        data={"key_id": key_id, "name": name},
+        now=now,
+    )
+    return NewKey(id=key_id, name=name, role="auditor", api_key=key)

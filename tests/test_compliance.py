@@ -1,0 +1,202 @@
+"""The compliance API and CLI: auditor keys, chains with filters and formats, verification of the log."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from approvals.auditors import add_auditor_key
+from approvals.decisions import Click, Clicker, record_click
+from tests.conftest import Api, offer
+
+
+async def _auditor_key(api: Api) -> str:
+    async with api.container.engine.begin() as conn:
+        return (await add_auditor_key(conn, name="soc2-auditor")).api_key
+
+
+async def _seed(api: Api) -> dict[str, str]:
+    """Requests of every kind: approved by a person, approved and denied by policy, pending, cancelled."""
+    ids = {}
+    ids["human"] = (await (await api.post("/v1/requests", offer())).json())["id"]
+    async with api.container.engine.begin() as conn:
+        clicker = Clicker("U01COO", "T0TEAM", "Cora Coo", "coo@example.com")
+        await record_click(conn, Click(ids["human"], "approve", clicker, "1700000000.000100"))
+    ids["allowed"] = (await (await api.post("/v1/requests", offer(action="read_calendar"))).json())["id"]
+    await api.post(f"/v1/requests/{ids['allowed']}/outcome", {"status": "succeeded", "external_ref": "cal-1"})
+    ids["denied"] = (await (await api.post("/v1/requests", offer(action="delete_repo"))).json())["id"]
+    ids["pending"] = (await (await api.post("/v1/requests", offer())).json())["id"]
+    ids["cancelled"] = (await (await api.post("/v1/requests", offer())).json())["id"]
+    cancelled = await api.post(f"/v1/requests/{ids['cancelled']}/cancel")
+    assert cancelled.status == 200, await cancelled.text()
+    return ids
+
+
+async def test_agent_keys_cannot_read_chains_and_auditor_keys_cannot_create_requests(api: Api) -> None:
+    auditor = await _auditor_key(api)
+    assert (await api.get("/v1/audit/chains")).status == 403
+    assert (await api.post("/v1/requests", offer(), key=auditor)).status == 403
+    assert (await api.get("/v1/audit/chains", key=auditor)).status == 200
+
+
+async def test_a_chain_walks_from_request_to_outcome_with_identity_and_hashes(api: Api) -> None:
+    ids = await _seed(api)
+    auditor = await _auditor_key(api)
+    chain = await (await api.get(f"/v1/audit/chains/{ids['human']}", key=auditor)).json()
+    assert chain["status"] == "approved"
+    assert chain["agent"]["name"] == "hiring-bot"
+    assert chain["agent"]["owner"] == "hiring-bot@example.com"
+    assert chain["policy"]["name"] == "send_offer_letter"
+    assert chain["policy"]["approvers"] == {"users": ["U01COO", "U02CFO"], "usergroups": []}
+    assert len(chain["policy"]["sha256"]) == 64
+    assert chain["policy_decision"]["decision"] == "require_approval"
+    assert chain["request"]["params"]["salary"] == "[redacted]"
+    [decision] = chain["decisions"]
+    assert decision["approver"] == {
+        "id": "U01COO",
+        "name": "Cora Coo",
+        "email": "coo@example.com",
+        "team_id": "T0TEAM",
+    }
+    assert [e["kind"] for e in chain["events"]] == [
+        "request_created",
+        "policy_evaluated",
+        "decision_recorded",
+        "request_approved",
+    ]
+    assert all(len(e["hash"]) == 64 for e in chain["events"])
+    closed = await (await api.get(f"/v1/audit/chains/{ids['allowed']}", key=auditor)).json()
+    assert closed["outcome"]["external_ref"] == "cal-1"
+    assert (await api.get("/v1/audit/chains/req_missing", key=auditor)).status == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=approved", {"human", "allowed"}),
+        ("status=rejected", {"denied"}),
+        ("policy=send_offer_letter", {"human", "pending", "cancelled"}),
+        ("action=delete_repo", {"denied"}),
+        ("approver=coo@example.com", {"human"}),
+        ("approver=U01COO", {"human"}),
+        ("outcome=succeeded", {"allowed"}),
+        ("agent=hiring-bot&status=cancelled", {"cancelled"}),
+        ("agent=nobody", set()),
+        ("from=2000-01-01&to=2999-01-01", {"human", "allowed", "denied", "pending", "cancelled"}),
+        ("to=2000-01-01", set()),
+    ],
+)
+async def test_filters_select_exactly_the_matching_chains(api: Api, query: str, expected: set[str]) -> None:
+    ids = await _seed(api)
+    auditor = await _auditor_key(api)
+    body = await (await api.get(f"/v1/audit/chains?{query}", key=auditor)).json()
+    names = {name for name, request_id in ids.items() if request_id in {c["id"] for c in body["chains"]}}
+    assert names == expected
+    assert body["population"] == len(expected)
+
+
+async def test_cursor_pagination_returns_every_chain_once(api: Api) -> None:
+    ids = await _seed(api)
+    auditor = await _auditor_key(api)
+    seen, cursor = [], None
+    while True:
+        url = "/v1/audit/chains?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        body = await (await api.get(url, key=auditor)).json()
+        seen += [c["id"] for c in body["chains"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids.values())
+    assert (await api.get("/v1/audit/chains?cursor=garbage", key=auditor)).status == 422
+
+
+async def test_json_lines_and_csv_carry_the_same_population(api: Api) -> None:
+    await _seed(api)
+    auditor = await _auditor_key(api)
+    lines = await (await api.get("/v1/audit/chains?format=jsonl", key=auditor)).text()
+    assert [json.loads(line)["id"] for line in lines.splitlines()].__len__() == 5
+    resp = await api.session.get(
+        api.url("/v1/audit/chains"), headers={**api.headers(auditor), "Accept": "text/csv"}
+    )
+    assert resp.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await resp.text())))
+    assert len(rows) == int(resp.headers["X-Population"]) == 5
+    human = next(r for r in rows if r["approvers"])
+    assert human["approvers"] == "Cora Coo <coo@example.com> approve"
+
+
+@pytest.mark.parametrize("query", ["status=maybe", "from=yesterday", "limit=0", "format=xml", "outcome=meh"])
+async def test_bad_filters_are_422(api: Api, query: str) -> None:
+    auditor = await _auditor_key(api)
+    assert (await api.get(f"/v1/audit/chains?{query}", key=auditor)).status == 422
+
+
+async def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI without blocking the event loop: the service under test keeps running meanwhile."""
+    env = {**os.environ, "APPROVALS_DATABASE_URL": database_url, "APPROVALS_AUTO_MIGRATE": "false"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_cli_keys_export_and_verify(api: Api, database_url: str, tmp_path: Path) -> None:
+    ids = await _seed(api)
+    added = await _cli(database_url, "keys", "add", "auditor-1", "--role", "auditor", "--json")
+    assert added.returncode == 0, added.stderr
+    key = json.loads(added.stdout)
+    assert key["api_key"].startswith("apa_")
+    out = tmp_path / "chains.jsonl"
+    exported = await _cli(
+        database_url, "audit", "export", "--status", "approved", "--format", "jsonl", "--out", str(out)
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert "population: 2 chains" in exported.stderr
+    assert {json.loads(line)["id"] for line in out.read_text().splitlines()} == {ids["human"], ids["allowed"]}
+    verified = await _cli(database_url, "audit", "verify", "--json")
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True
+    assert report["events"] >= 14
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete_event", "delete_chain"])
+async def test_verify_names_the_first_broken_link(api: Api, database_url: str, tamper: str) -> None:
+    ids = await _seed(api)
+    target = ids["human"]
+    statement = {
+        "edit": "UPDATE audit_events SET actor = 'mallory' WHERE chain_id = :c AND seq = 3",
+        "delete_event": "DELETE FROM audit_events WHERE chain_id = :c AND seq = 2",
+        "delete_chain": "DELETE FROM audit_events WHERE chain_id = :c",
+    }[tamper]
+    async with api.container.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SET LOCAL session_replication_role = replica")
+            )  # a superuser bypassing the trigger
+        await conn.execute(text(statement), {"c": target})
+    result = await _cli(database_url, "audit", "verify", "--json")
+    assert result.returncode == 1
+    broken = json.loads(result.stdout)["first_break"]
+    assert broken["chain_id"] == target
+    assert (broken["seq"], broken["problem"]) == {
+        "edit": (3, "event content does not match its hash"),
+        "delete_event": (2, "event 2 is missing"),
+        "delete_chain": (1, "the whole chain was removed"),
+    }[tamper]
