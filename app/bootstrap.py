@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,6 +70,15 @@ async def prepare_database(engine: AsyncEngine, settings: Settings) -> None:
     )
 
 
+def operator_identity() -> str:
+    """Who loaded the policy file: the OS account and host running the process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def check_mfa_has_idp(loaded: LoadedPolicies, settings: Settings) -> None:
     """A policy that demands MFA with no IdP to prove it is a startup error, never a silent bypass."""
     if settings.oidc_issuer and settings.oidc_client_id:
@@ -81,7 +93,7 @@ def check_mfa_has_idp(loaded: LoadedPolicies, settings: Settings) -> None:
 
 
 async def build_container(
-    settings: Settings, *, loaded: LoadedPolicies | None = None, loaded_by: str = "serve"
+    settings: Settings, *, loaded: LoadedPolicies | None = None, loaded_by: str | None = None
 ) -> Container:
     """Load policies, open and check the database, and record the policy version in force."""
     loaded = loaded or load_policies(settings.policies)
@@ -90,7 +102,7 @@ async def build_container(
     try:
         await prepare_database(engine, settings)
         async with engine.begin() as conn:
-            policies = await record_policy_version(conn, loaded, loaded_by=loaded_by)
+            policies = await record_policy_version(conn, loaded, loaded_by=loaded_by or operator_identity())
     except BaseException:
         await engine.dispose()
         raise

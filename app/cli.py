@@ -17,6 +17,7 @@ from app.database import build_engine
 from app.logs import configure_logging
 from app.migrate import schema_state, upgrade_to_head
 from approvals import agents as agent_cases
+from approvals.audit_queries import policy_history
 from approvals.policies import PolicyError, evaluate, load_policies
 
 
@@ -115,6 +116,18 @@ def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) ->
     click.echo(f"{path}: OK, {len(loaded.policy_set.policies)} policies, sha256 {loaded.sha256[:16]}")
     for item in judged:
         click.echo(f"  {item['action']}: {item['decision']} ({item['reason']})")
+
+
+@policies.command("versions")
+@click.option("--json", "as_json", is_flag=True)
+def policies_versions(as_json: bool) -> None:
+    """Every policy content the service has loaded: version, hash, source, who loaded it and when."""
+    rows = in_transaction(policy_history)
+    lines = [
+        f"v{r['version']}  {r['loaded_at']}  {r['sha256'][:16]}  {r['loaded_by']}  {r['source']}"
+        for r in rows
+    ]
+    print_result(rows, as_json, "\n".join(lines) if lines else "no policy versions recorded")
 
 
 @main.group()

@@ -11,10 +11,11 @@ from typing import IO, Any
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl
+from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl, parse_time
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
 from app.database import build_engine
 from approvals.audit import VerifyReport, verify_all
+from approvals.audit_queries import events_of_kind
 from approvals.auditors import NewKey, add_auditor_key
 from approvals.chains import count_chains, iter_chains
 from approvals.errors import DomainError
@@ -103,6 +104,37 @@ def audit_export(
     else:
         with out.open("w", encoding="utf-8", newline="") as handle:
             asyncio.run(run(handle))
+
+
+@audit.command("events")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    required=True,
+    help="Event kind, e.g. action_refused, click_refused, notification_failed (repeatable).",
+)
+@click.option("--from", "created_from", help="ISO 8601 date or date-time (inclusive).")
+@click.option("--to", "created_to", help="ISO 8601 date or date-time (exclusive).")
+@click.option("--json", "as_json", is_flag=True)
+def audit_events(
+    kinds: tuple[str, ...], created_from: str | None, created_to: str | None, as_json: bool
+) -> None:
+    """List audit events of some kinds: refused actions and clicks, undeliverable cards, and so on."""
+    try:
+        since, until = parse_time(created_from, "from"), parse_time(created_to, "to")
+    except DomainError as exc:
+        fail(f"error: {exc.message}")
+
+    async def work(conn: AsyncConnection) -> list[dict[str, Any]]:
+        return await events_of_kind(conn, list(kinds), since=since, until=until)
+
+    rows = in_transaction(work)
+    lines = [
+        f"{r['at']}  {r['kind']:<20} {r['chain_id']:<32} {json.dumps(r['data'], sort_keys=True)}"
+        for r in rows
+    ]
+    print_result(rows, as_json, "\n".join(lines) if lines else "no events")
 
 
 @click.group()

@@ -200,3 +200,18 @@ async def test_verify_names_the_first_broken_link(api: Api, database_url: str, t
         "delete_event": (2, "event 2 is missing"),
         "delete_chain": (1, "the whole chain was removed"),
     }[tamper]
+
+
+async def test_refused_actions_and_policy_history_are_one_command_each(api: Api, database_url: str) -> None:
+    narrow = await api.add_agent("narrow-bot", ["read_*"])
+    assert (await api.post("/v1/requests", offer(), key=narrow)).status == 403
+    refused = await _cli(database_url, "audit", "events", "--kind", "action_refused", "--json")
+    assert refused.returncode == 0, refused.stderr
+    [event] = json.loads(refused.stdout)
+    assert event["data"]["action"] == "send_offer_letter"
+    assert event["actor"] == "agent:narrow-bot"
+    history = await _cli(database_url, "policies", "versions", "--json")
+    [version] = json.loads(history.stdout)
+    assert version["version"] == api.container.policies.version
+    assert version["sha256"] == api.container.policies.sha256
+    assert "@" in version["loaded_by"]
