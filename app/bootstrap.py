@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.config import Settings
 from app.database import build_engine
 from app.delivery.callbacks import CallbackDelivery
@@ -43,6 +44,7 @@ class Container:
     policies: ActivePolicies
     allow_list: CallbackAllowList
     dispatcher: OutboxDispatcher
+    checkpoint_key: CheckpointKey
     waiters: RequestWaiters = field(default_factory=RequestWaiters)
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     metrics: Metrics = field(default_factory=Metrics)
@@ -98,6 +100,10 @@ async def build_container(
     """Load policies, open and check the database, and record the policy version in force."""
     loaded = loaded or load_policies(settings.policies)
     check_mfa_has_idp(loaded, settings)
+    try:
+        checkpoint_key = load_checkpoint_key(settings)
+    except CheckpointKeyError as exc:
+        raise StartupError(str(exc)) from None
     engine = build_engine(settings.database_url)
     try:
         await prepare_database(engine, settings)
@@ -112,6 +118,7 @@ async def build_container(
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
         dispatcher=OutboxDispatcher(engine),
+        checkpoint_key=checkpoint_key,
     )
     container.dispatcher.register(
         CALLBACK,

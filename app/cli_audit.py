@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -12,12 +13,14 @@ import click
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl, parse_time
+from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
 from app.database import build_engine
 from approvals.audit import VerifyReport, verify_all
 from approvals.audit_queries import events_of_kind
 from approvals.auditors import NewKey, add_auditor_key
 from approvals.chains import count_chains, iter_chains
+from approvals.checkpoints import CheckpointProblem, create_checkpoint, latest_checkpoint, verify_checkpoints
 from approvals.errors import DomainError
 
 
@@ -26,23 +29,85 @@ def audit() -> None:
     """Verify the audit log and export approval chains."""
 
 
+def _key() -> CheckpointKey:
+    try:
+        return load_checkpoint_key(settings_or_exit())
+    except CheckpointKeyError as exc:
+        fail(f"error: {exc}")
+
+
 @audit.command("verify")
+@click.option(
+    "--checkpoint",
+    "exported_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A checkpoint exported earlier (kept outside the database) that must still match.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(as_json: bool) -> None:
-    """Recompute every hash chain; name the first broken link (exit 1 when one is found)."""
-    report: VerifyReport = in_transaction(verify_all)
+def audit_verify(exported_file: Path | None, as_json: bool) -> None:
+    """Recompute every hash chain and signed checkpoint; name the first broken link (exit 1 if any)."""
+    key = _key()
+    exported = json.loads(exported_file.read_text()) if exported_file else None
+    if exported is not None and exported.get("public_key") != key.public_b64:
+        fail("error: the exported checkpoint was signed by another key than the configured one", 1)
+
+    async def work(conn: AsyncConnection) -> tuple[VerifyReport, int, CheckpointProblem | None]:
+        report = await verify_all(conn)
+        checkpoints, problem = await verify_checkpoints(conn, verify=key.verify, exported=exported)
+        return report, checkpoints, problem
+
+    report, checkpoints, problem = in_transaction(work)
     brk = report.first_break
-    result: dict[str, Any] = {"ok": report.ok, "chains": report.chains, "events": report.events}
+    result: dict[str, Any] = {
+        "ok": report.ok and problem is None,
+        "chains": report.chains,
+        "events": report.events,
+        "checkpoints": checkpoints,
+    }
     if brk is not None:
         result["first_break"] = {"chain_id": brk.chain_id, "seq": brk.seq, "problem": brk.problem}
-    text = (
-        f"OK: {report.chains} chains, {report.events} events verified"
-        if brk is None
-        else f"BROKEN: chain {brk.chain_id} at event {brk.seq}: {brk.problem}"
-    )
-    print_result(result, as_json, text)
+    if problem is not None:
+        result["checkpoint_problem"] = {"number": problem.number, "problem": problem.problem}
     if brk is not None:
+        text = f"BROKEN: chain {brk.chain_id} at event {brk.seq}: {brk.problem}"
+    elif problem is not None:
+        text = f"BROKEN: checkpoint {problem.number}: {problem.problem}"
+    else:
+        text = f"OK: {report.chains} chains, {report.events} events and {checkpoints} checkpoints verified"
+    print_result(result, as_json, text)
+    if not result["ok"]:
         sys.exit(1)
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the latest checkpoint here, to keep outside the database.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def audit_checkpoint(export_file: Path | None, as_json: bool) -> None:
+    """Sign everything appended so far into a new checkpoint (if anything is new) and optionally export it."""
+    key = _key()
+
+    async def work(conn: AsyncConnection) -> dict[str, Any] | None:
+        await create_checkpoint(conn, sign=key.sign, key_id=key.key_id, lag=dt.timedelta(0))
+        return await latest_checkpoint(conn)
+
+    latest = in_transaction(work)
+    if latest is None:
+        fail("error: the audit log is empty: nothing to checkpoint", 1)
+    document = {**latest, "created_at": latest["created_at"].isoformat(), "public_key": key.public_b64}
+    if export_file is not None:
+        export_file.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    print_result(
+        document,
+        as_json,
+        f"checkpoint {latest['number']}: {latest['total_events']} events, "
+        f"running hash {latest['running_hash'][:16]}"
+        + (f", exported to {export_file}" if export_file else ""),
+    )
 
 
 FILTERS = ("agent", "policy", "action", "approver", "status", "outcome")

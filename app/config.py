@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scheduler_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
+    checkpoint_key: SecretStr | None = None  # base64 Ed25519 seed; else the key file below
+    checkpoint_key_file: Path = Path("var/checkpoint.key")
+    checkpoint_interval_seconds: float = Field(default=300, ge=1, le=86400)
+
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None

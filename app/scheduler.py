@@ -9,6 +9,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.bootstrap import Container
+from approvals.checkpoints import create_checkpoint
 from approvals.requests import expire_due_requests, purge_idempotency_keys
 
 log = structlog.get_logger("approvals.scheduler")
@@ -39,6 +40,16 @@ async def dispatch_outbox_job(container: Container) -> int:
 async def stranded_clicks_job(container: Container) -> int:
     """Decide clicks that were acknowledged but never decided (their process died in between)."""
     return 0 if container.slack is None else await container.slack.clicks.process_stranded()
+
+
+async def checkpoint_job(container: Container) -> int:
+    """Sign what the log gained since the last checkpoint (one replica wins; the rest find nothing new)."""
+    key = container.checkpoint_key
+    async with container.engine.begin() as conn:
+        row = await create_checkpoint(conn, sign=key.sign, key_id=key.key_id)
+    if row is not None:
+        log.info("audit_checkpoint", number=row["number"], events=row["event_count"])
+    return 0 if row is None else 1
 
 
 async def purge_idempotency_keys_job(container: Container) -> int:
@@ -84,6 +95,13 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
         "interval",
         seconds=max(interval, 2.0),
         id="stranded_clicks",
+        **defaults,
+    )
+    scheduler.add_job(
+        _guarded("audit_checkpoint", checkpoint_job, container),
+        "interval",
+        seconds=container.settings.checkpoint_interval_seconds,
+        id="audit_checkpoint",
         **defaults,
     )
     scheduler.add_job(

@@ -225,3 +225,18 @@ delivery_attempts = Table(
     Column("error", Text),
     Index("ix_delivery_attempts_request_id", "request_id"),
 )
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    # Signed summaries of the whole log: deleting entire chains (head rows included) breaks them.
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("first_event_id", BigId, nullable=False),  # exclusive: the previous checkpoint's last id
+    Column("last_event_id", BigId, nullable=False),
+    Column("event_count", BigId, nullable=False),  # events covered by this checkpoint alone
+    Column("total_events", BigId, nullable=False),  # events covered by this and all earlier checkpoints
+    Column("running_hash", String(64), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", Text, nullable=False),
+)

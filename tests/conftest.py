@@ -31,6 +31,7 @@ POSTGRES_SERVER_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
 BACKENDS = [b.strip() for b in os.environ.get("APPROVALS_TEST_BACKENDS", "sqlite,postgresql").split(",")]
 
+TEST_CHECKPOINT_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31: a test-only key
 TEST_POLICIES = """
 default: deny
 policies:
@@ -151,6 +152,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "policies": Path("policies.yml"),
         "callback_allow_hosts": [],
         "auto_migrate": False,
+        "checkpoint_key": TEST_CHECKPOINT_KEY,
     }
     values.update(overrides)
     return Settings(**values)

@@ -10,13 +10,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from approvals.auditors import add_auditor_key
 from approvals.decisions import Click, Clicker, record_click
-from tests.conftest import Api, offer
+from tests.conftest import TEST_CHECKPOINT_KEY, Api, offer
 
 
 async def _auditor_key(api: Api) -> str:
@@ -142,7 +143,12 @@ async def test_bad_filters_are_422(api: Api, query: str) -> None:
 
 async def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI without blocking the event loop: the service under test keeps running meanwhile."""
-    env = {**os.environ, "APPROVALS_DATABASE_URL": database_url, "APPROVALS_AUTO_MIGRATE": "false"}
+    env = {
+        **os.environ,
+        "APPROVALS_DATABASE_URL": database_url,
+        "APPROVALS_AUTO_MIGRATE": "false",
+        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -176,21 +182,27 @@ async def test_cli_keys_export_and_verify(api: Api, database_url: str, tmp_path:
     assert report["events"] >= 14
 
 
-@pytest.mark.parametrize("tamper", ["edit", "delete_event", "delete_chain"])
+@pytest.mark.parametrize("tamper", ["edit", "delete_event", "delete_chain", "reorder"])
 async def test_verify_names_the_first_broken_link(api: Api, database_url: str, tamper: str) -> None:
     ids = await _seed(api)
     target = ids["human"]
-    statement = {
-        "edit": "UPDATE audit_events SET actor = 'mallory' WHERE chain_id = :c AND seq = 3",
-        "delete_event": "DELETE FROM audit_events WHERE chain_id = :c AND seq = 2",
-        "delete_chain": "DELETE FROM audit_events WHERE chain_id = :c",
+    statements = {
+        "edit": ["UPDATE audit_events SET actor = 'mallory' WHERE chain_id = :c AND seq = 3"],
+        "delete_event": ["DELETE FROM audit_events WHERE chain_id = :c AND seq = 2"],
+        "delete_chain": ["DELETE FROM audit_events WHERE chain_id = :c"],
+        "reorder": [  # swap events 2 and 3
+            "UPDATE audit_events SET seq = 1000 WHERE chain_id = :c AND seq = 2",
+            "UPDATE audit_events SET seq = 2 WHERE chain_id = :c AND seq = 3",
+            "UPDATE audit_events SET seq = 3 WHERE chain_id = :c AND seq = 1000",
+        ],
     }[tamper]
     async with api.container.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(
                 text("SET LOCAL session_replication_role = replica")
             )  # a superuser bypassing the trigger
-        await conn.execute(text(statement), {"c": target})
+        for statement in statements:
+            await conn.execute(text(statement), {"c": target})
     result = await _cli(database_url, "audit", "verify", "--json")
     assert result.returncode == 1
     broken = json.loads(result.stdout)["first_break"]
@@ -199,6 +211,7 @@ async def test_verify_names_the_first_broken_link(api: Api, database_url: str, t
         "edit": (3, "event content does not match its hash"),
         "delete_event": (2, "event 2 is missing"),
         "delete_chain": (1, "the whole chain was removed"),
+        "reorder": (2, "prev_hash does not match the event before it"),
     }[tamper]
 
 
@@ -215,3 +228,57 @@ async def test_refused_actions_and_policy_history_are_one_command_each(api: Api,
     assert version["version"] == api.container.policies.version
     assert version["sha256"] == api.container.policies.sha256
     assert "@" in version["loaded_by"]
+
+
+async def _superuser(conn: Any) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SET LOCAL session_replication_role = replica")
+        )  # bypass the append-only trigger
+
+
+async def test_signed_checkpoints_catch_a_chain_removed_with_its_head(api: Api, database_url: str) -> None:
+    ids = await _seed(api)
+    made = await _cli(database_url, "audit", "checkpoint", "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["number"] == 1
+    clean = json.loads((await _cli(database_url, "audit", "verify", "--json")).stdout)
+    assert (clean["ok"], clean["checkpoints"]) == (True, 1)
+    async with api.container.engine.begin() as conn:
+        await _superuser(conn)
+        await conn.execute(text("DELETE FROM audit_events WHERE chain_id = :c"), {"c": ids["denied"]})
+        await conn.execute(text("DELETE FROM chain_heads WHERE chain_id = :c"), {"c": ids["denied"]})
+    result = await _cli(database_url, "audit", "verify", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert "first_break" not in report  # every remaining chain is internally consistent...
+    assert report["checkpoint_problem"]["number"] == 1  # ...but the signed checkpoint saw the removal
+    assert "3 events it covers were removed" in report["checkpoint_problem"]["problem"]
+
+
+async def test_a_forged_checkpoint_fails_its_signature(api: Api, database_url: str) -> None:
+    await _seed(api)
+    await _cli(database_url, "audit", "checkpoint")
+    async with api.container.engine.begin() as conn:
+        await conn.execute(text("UPDATE audit_checkpoints SET total_events = total_events - 1"))
+    report = json.loads((await _cli(database_url, "audit", "verify", "--json")).stdout)
+    assert report["checkpoint_problem"]["problem"].startswith("signature does not verify")
+
+
+async def test_a_swapped_checkpoint_differs_from_the_exported_one(
+    api: Api, database_url: str, tmp_path: Path
+) -> None:
+    ids = await _seed(api)
+    exported = tmp_path / "checkpoint.json"
+    assert (await _cli(database_url, "audit", "checkpoint", "--export", str(exported))).returncode == 0
+    # Someone with the database and the key rewrites history and re-signs it from scratch.
+    async with api.container.engine.begin() as conn:
+        await _superuser(conn)
+        await conn.execute(text("DELETE FROM audit_events WHERE chain_id = :c"), {"c": ids["denied"]})
+        await conn.execute(text("DELETE FROM chain_heads WHERE chain_id = :c"), {"c": ids["denied"]})
+        await conn.execute(text("DELETE FROM audit_checkpoints"))
+    await _cli(database_url, "audit", "checkpoint")
+    assert (await _cli(database_url, "audit", "verify")).returncode == 0  # internally consistent again
+    result = await _cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
+    assert result.returncode == 1
+    assert "differs from the exported one" in json.loads(result.stdout)["checkpoint_problem"]["problem"]
