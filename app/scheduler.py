@@ -10,6 +10,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.bootstrap import Container
 from approvals.checkpoints import create_checkpoint
+from approvals.reminders import send_due_reminders
 from approvals.requests import expire_due_requests, purge_idempotency_keys
 
 log = structlog.get_logger("approvals.scheduler")
@@ -40,6 +41,15 @@ async def dispatch_outbox_job(container: Container) -> int:
 async def stranded_clicks_job(container: Container) -> int:
     """Decide clicks that were acknowledged but never decided (their process died in between)."""
     return 0 if container.slack is None else await container.slack.clicks.process_stranded()
+
+
+async def reminders_job(container: Container) -> int:
+    """Queue due reminders and escalations (delivered by the outbox, so only once each)."""
+    async with container.engine.begin() as conn:
+        steps = await send_due_reminders(conn)
+    if steps:
+        container.dispatcher.kick()
+    return steps
 
 
 async def checkpoint_job(container: Container) -> int:
@@ -95,6 +105,13 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
         "interval",
         seconds=max(interval, 2.0),
         id="stranded_clicks",
+        **defaults,
+    )
+    scheduler.add_job(
+        _guarded("reminders", reminders_job, container),
+        "interval",
+        seconds=max(interval, 5.0),
+        id="reminders",
         **defaults,
     )
     scheduler.add_job(

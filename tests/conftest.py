@@ -56,6 +56,14 @@ policies:
     decision: allow
   - action: delete_*
     decision: deny
+  - action: sign_contract
+    decision: require_approval
+    approvers: {users: [U01COO, U02CFO]}
+    required_approvals: 2
+    channel: C0LEGAL
+    expires_in: 1h
+    remind_at: [25%, 50%]
+    escalate_to: {users: [U03CEO]}
 """
 
 

@@ -144,12 +144,21 @@ class SlackDelivery:
             rule = (
                 await conn.execute(select(requests.c.policy_rule).where(requests.c.id == item.request_id))
             ).scalar()
-        users, groups = approver_ids(rule)
-        dm_users = list(users)
-        if rule and rule.get("dm_approvers"):
-            for group in groups:
-                dm_users += sorted(await self._directory.group_members(group))
-        destinations = card_destinations(rule, dm_users)
+        if item.payload.get("escalation"):
+            # Escalation: the added approvers each get the card in a DM, whatever the policy's channel.
+            added = (rule or {}).get("escalated_to") or {}
+            destinations = list(added.get("users", []))
+            for group in added.get("usergroups", []):
+                destinations += [
+                    u for u in sorted(await self._directory.group_members(group)) if u not in destinations
+                ]
+        else:
+            users, groups = approver_ids(rule)
+            dm_users = list(users)
+            if rule and rule.get("dm_approvers"):
+                for group in groups:
+                    dm_users += sorted(await self._directory.group_members(group))
+            destinations = card_destinations(rule, dm_users)
         request_id = item.request_id
 
         async def queue_posts(conn: AsyncConnection) -> None:

@@ -15,8 +15,10 @@ from app.slack import listeners
 from app.slack.clicks import ClickProcessor
 from app.slack.delivery import SlackDelivery
 from app.slack.directory import SlackDirectory
+from app.slack.reminders import SLACK_REMIND_DM, SlackReminders
 from app.waiters import RequestWaiters
 from approvals.outbox import SLACK_NOTIFY, SLACK_POST, SLACK_UPDATE
+from approvals.reminders import SLACK_REMIND
 
 SLACK_TIMEOUT_SECONDS = 10
 
@@ -67,5 +69,8 @@ def build_slack(
     dispatcher.register(SLACK_NOTIFY, delivery.notify)
     dispatcher.register(SLACK_POST, delivery.post)
     dispatcher.register(SLACK_UPDATE, delivery.update)
+    reminders = SlackReminders(engine=engine, client=client, directory=directory)
+    dispatcher.register(SLACK_REMIND, reminders.fan_out)
+    dispatcher.register(SLACK_REMIND_DM, reminders.direct_message)
     listeners.register(bolt, engine=engine, clicks=clicks, directory=directory)
     return SlackRuntime(client=client, bolt=bolt, directory=directory, clicks=clicks, delivery=delivery)

@@ -1,0 +1,92 @@
+"""Reminders and escalation: at each `remind_at` point, nudge approvers who have not acted; at the last
+one, add the policy's `escalate_to` approvers. Each step happens once, whichever replica runs the sweep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals.audit import append_event
+from approvals.db import db_now, is_postgres
+from approvals.durations import parse_duration
+from approvals.outbox import SLACK_NOTIFY, enqueue
+from approvals.tables import requests
+
+SLACK_REMIND = "slack_remind"
+
+
+def remind_offsets(rule: dict[str, Any], lifetime: dt.timedelta) -> list[dt.timedelta]:
+    """When each reminder is due, after creation: `50%` of the lifetime, or a duration like `2h`."""
+    offsets = []
+    for point in rule.get("remind_at") or []:
+        text = str(point).strip()
+        if text.endswith("%"):
+            offsets.append(lifetime * (int(text[:-1]) / 100))
+        else:
+            offsets.append(dt.timedelta(seconds=parse_duration(text)))
+    return sorted(offsets)
+
+
+async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
+    """Queue every reminder (and escalation) that has come due; returns how many steps were taken."""
+    now = await db_now(conn)
+    query = (
+        select(requests.c.id, requests.c.policy_rule, requests.c.created_at, requests.c.expires_at)
+        .where(requests.c.status == "pending", requests.c.policy_rule.is_not(None))
+        .order_by(requests.c.created_at)
+        .limit(limit)
+    )
+    if is_postgres(conn):
+        query = query.with_for_update(skip_locked=True)
+    steps = 0
+    for row in await conn.execute(query):
+        rule = dict(row.policy_rule)
+        offsets = remind_offsets(rule, row.expires_at - row.created_at)
+        for index, offset in enumerate(offsets):
+            if now < row.created_at + offset:
+                break
+            queued = await enqueue(
+                conn,
+                kind=SLACK_REMIND,
+                dedupe_key=f"{SLACK_REMIND}:{row.id}:{index}",
+                request_id=row.id,
+                payload={"reminder": index + 1, "of": len(offsets)},
+                now=now,
+            )
+            if not queued:
+                continue
+            steps += 1
+            await append_event(
+                conn,
+                chain_id=row.id,
+                kind="reminder_sent",
+                actor="scheduler",
+                data={"reminder": index + 1, "of": len(offsets)},
+                now=now,
+            )
+            last = index == len(offsets) - 1
+            if last and rule.get("escalate_to") and not rule.get("escalated_to"):
+                rule["escalated_to"] = rule["escalate_to"]
+                await conn.execute(update(requests).where(requests.c.id == row.id).values(policy_rule=rule))
+                await append_event(
+                    conn,
+                    chain_id=row.id,
+                    kind="escalated",
+                    actor="scheduler",
+                    data={"added_approvers": rule["escalate_to"]},
+                    now=now,
+                )
+                # Tell the added approvers with a card of their own (a DM each).
+                await enqueue(
+                    conn,
+                    kind=SLACK_NOTIFY,
+                    dedupe_key=f"{SLACK_NOTIFY}:{row.id}:escalation",
+                    request_id=row.id,
+                    payload={"escalation": True},
+                    now=now,
+                )
+    return steps

@@ -1,0 +1,105 @@
+"""Reminders and escalation: each reminder once, only to approvers who have not acted; escalation adds people."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select, update
+
+from app.scheduler import reminders_job
+from approvals.tables import audit_events, requests
+from tests.conftest import offer
+from tests.slack_helpers import SlackApi, block_actions, slack_service
+
+
+@pytest.fixture
+async def slack(database_url: str) -> AsyncIterator[SlackApi]:
+    async for api in slack_service(database_url):
+        yield api
+
+
+async def _age(slack: SlackApi, request_id: str, fraction: float) -> None:
+    """Move the request's clock: it was created `fraction` of its lifetime ago."""
+    async with slack.container.engine.begin() as conn:
+        row = (await conn.execute(select(requests).where(requests.c.id == request_id))).one()
+        lifetime = row.expires_at - row.created_at
+        shift = lifetime * fraction + dt.timedelta(seconds=1)
+        await conn.execute(
+            update(requests)
+            .where(requests.c.id == request_id)
+            .values(created_at=row.created_at - shift, expires_at=row.expires_at - shift)
+        )
+
+
+async def _kinds(slack: SlackApi, request_id: str) -> list[str]:
+    async with slack.container.engine.connect() as conn:
+        return list(
+            (
+                await conn.execute(
+                    select(audit_events.c.kind)
+                    .where(audit_events.c.chain_id == request_id)
+                    .order_by(audit_events.c.seq)
+                )
+            ).scalars()
+        )
+
+
+def _dms(slack: SlackApi) -> list[tuple[str, str]]:
+    assert slack.fake is not None
+    return [
+        (c.params["channel"], c.params.get("text", ""))
+        for c in slack.fake.calls_to("chat.postMessage")
+        if c.params["channel"].startswith("U")
+    ]
+
+
+async def test_reminders_go_once_to_approvers_who_have_not_acted(slack: SlackApi) -> None:
+    created = await (await slack.post("/v1/requests", offer(action="sign_contract"))).json()
+    assert slack.fake is not None
+    await slack.fake.wait_for_calls("chat.postMessage", 1)  # the card in C0LEGAL
+    await slack.slack(block_actions(created["id"], "approve_request", user="U01COO", channel="C0LEGAL"))
+    view = await (await slack.get(f"/v1/requests/{created['id']}")).json()
+    for _ in range(50):
+        if view["decisions"]:
+            break
+        view = await (await slack.get(f"/v1/requests/{created['id']}?wait=1")).json()
+    assert len(view["decisions"]) == 1
+    await _age(slack, created["id"], 0.30)  # past the 25% point only
+    assert await reminders_job(slack.container) == 1
+    assert await reminders_job(slack.container) == 0  # the same reminder is never queued twice
+    await slack.container.dispatcher.run_until_idle()
+    dms = _dms(slack)
+    assert [user for user, _ in dms] == ["U02CFO"]  # U01COO already approved
+    assert "Reminder (1 of 2)" in dms[0][1]
+    assert (await _kinds(slack, created["id"])).count("reminder_sent") == 1
+
+
+async def test_the_last_reminder_escalates_and_the_added_approver_can_decide(slack: SlackApi) -> None:
+    created = await (await slack.post("/v1/requests", offer(action="sign_contract"))).json()
+    assert slack.fake is not None
+    await slack.fake.wait_for_calls("chat.postMessage", 1)
+    # Before escalation the CEO is not an approver.
+    await slack.slack(block_actions(created["id"], "approve_request", user="U03CEO", channel="C0LEGAL"))
+    await slack.fake.wait_for_calls("chat.postEphemeral", 1)
+    await _age(slack, created["id"], 0.55)  # past both points
+    assert await reminders_job(slack.container) == 2
+    await slack.container.dispatcher.run_until_idle()
+    kinds = await _kinds(slack, created["id"])
+    assert kinds.count("reminder_sent") == 2
+    assert kinds.count("escalated") == 1
+    dms = _dms(slack)
+    assert "U03CEO" in {user for user, _ in dms}  # told: a card of their own
+    ceo_card = [
+        c
+        for c in slack.fake.calls_to("chat.postMessage")
+        if c.params["channel"] == "U03CEO" and c.params.get("blocks")
+    ]
+    assert ceo_card and created["id"] in json.dumps(ceo_card[0].params["blocks"])
+    await slack.slack(block_actions(created["id"], "approve_request", user="U03CEO", channel="D03CEO"))
+    await slack.slack(block_actions(created["id"], "approve_request", user="U01COO", channel="C0LEGAL"))
+    view = await slack.final(created["id"])
+    assert view["status"] == "approved"
+    assert {d["approver"]["id"] for d in view["decisions"]} == {"U01COO", "U03CEO"}
