@@ -104,7 +104,11 @@ async def build_container(
         checkpoint_key = load_checkpoint_key(settings)
     except CheckpointKeyError as exc:
         raise StartupError(str(exc)) from None
-    engine = build_engine(settings.database_url)
+    engine = build_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     try:
         await prepare_database(engine, settings)
         async with engine.begin() as conn:

@@ -25,10 +25,12 @@ def build_engine(url: str, **kwargs: Any) -> AsyncEngine:
     url = async_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        kwargs.setdefault("pool_size", 20)
-        kwargs.setdefault("max_overflow", 10)
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 5)
         kwargs.setdefault("pool_pre_ping", True)
         return create_async_engine(url, **kwargs)
+    kwargs.pop("pool_size", None)  # SQLite: one file, one writer at a time; the default pool suits it
+    kwargs.pop("max_overflow", None)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

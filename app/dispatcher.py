@@ -24,6 +24,7 @@ log = structlog.get_logger("approvals.outbox")
 
 LEASE = dt.timedelta(seconds=60)
 BATCH = 50
+DELIVERY_CONCURRENCY = 4
 DEBOUNCE_SECONDS = 0.005
 
 
@@ -108,7 +109,14 @@ class OutboxDispatcher:
             return 0
         async with self._engine.begin() as conn:
             claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=self._lease)
-        await asyncio.gather(*(self._deliver(item) for item in claimed))
+        # Bounded: deliveries hold database connections, and clicks waiting on the pool must ack in 3 s.
+        limit = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+
+        async def deliver(item: Claimed) -> None:
+            async with limit:
+                await self._deliver(item)
+
+        await asyncio.gather(*(deliver(item) for item in claimed))
         return len(claimed)
 
     async def _deliver(self, item: Claimed) -> None:

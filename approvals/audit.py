@@ -195,7 +195,9 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
     """
     heads = {row.chain_id: (row.seq, row.hash) for row in await conn.execute(select(chain_heads))}
     result = await conn.stream(
-        select(audit_events).order_by(audit_events.c.chain_id, audit_events.c.seq).execution_options(yield_per=5000)
+        select(audit_events)
+        .order_by(audit_events.c.chain_id, audit_events.c.seq)
+        .execution_options(yield_per=5000)
     )
     chains = events = 0
     current: str | None = None

@@ -20,7 +20,8 @@ Modes:
 
 In approve mode the run ends early when the ids run out (the window is cut there), and the process
 counts decisions from the database itself: `SELECT count(*) FROM requests WHERE status = 'approved'`
-at the window's start and end, so decisions/s covers the same interval as the latencies.
+at the window's start and end, so decisions/s covers the same interval as the latencies; in between
+it samples pg_stat_activity (the service's pool has 20 + 10 overflow connections).
 
 Usage (normally started by bench/clicks.py):
 
@@ -29,9 +30,13 @@ Usage (normally started by bench/clicks.py):
         [--clients 32] [--duration 10] [--warmup 2]
 
 Prints one JSON object on stdout: count (expected answers in the window), window (seconds),
-rps, p50_ms, p99_ms, max_ms, statuses (in the window; "error" for transport errors), statuses_all,
+rps, p50_ms, p99_ms, max_ms (of every answer in the window, unexpected ones included), statuses (in the window; "error" for transport errors), statuses_all,
 sent and acked_total (whole run, warm-up included), samples (the first few unexpected answers),
-client_cpu, exhausted, and in approve mode approved_before, approved_after and decisions_per_s.
+client_cpu, exhausted, and in approve mode approved_before, approved_after, decisions_per_s,
+undecided_at_end (clicks stored but not decided when the window closed) and the service's PostgreSQL
+sessions sampled every 0.25 s in the window: pg_sessions_max, pg_active_max, pg_active_mean (running
+a query), pg_idle_in_tx_mean (inside a transaction, waiting for the service to send the next
+statement) and pg_lock_waits_max (waiting for a row or table lock).
 """
 
 from __future__ import annotations
@@ -57,6 +62,15 @@ UNKNOWN = "bench_unknown_action"
 EXPECTED = {"approve": 200, "noop": 200, "unknown": 404, "badsig": 401}
 MAX_SAMPLES = 5
 APPROVED = "SELECT count(*) FROM requests WHERE status = 'approved'"
+UNDECIDED = "SELECT count(*) FROM slack_clicks WHERE status = 'pending'"
+# The service's sessions on its database (this one excepted): all, running a query, in a transaction but
+# waiting for the service (its event loop) to send the next statement, waiting for a lock.
+SESSIONS = """
+    SELECT count(*), count(*) FILTER (WHERE state = 'active'),
+           count(*) FILTER (WHERE state = 'idle in transaction'), count(*) FILTER (WHERE wait_event_type = 'Lock')
+    FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+SAMPLE_EVERY = 0.25
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -116,9 +130,8 @@ def signed(body: str, secret: bytes) -> dict[str, str]:
     }
 
 
-async def approved_count(database_url: str) -> int:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        row = await (await conn.execute(APPROVED)).fetchone()
+async def scalar(conn: psycopg.AsyncConnection[Any], query: str) -> int:
+    row = await (await conn.execute(query)).fetchone()
     return 0 if row is None else int(row[0])
 
 
@@ -201,16 +214,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples.append(detail)
 
     counts: dict[str, tuple[float, int]] = {}
+    sessions: list[tuple[int, ...]] = []
 
     async def count_decisions() -> None:
-        """Approved requests at the window's start and at its end (or when the ids ran out)."""
+        """Approved requests at the window's start and at its end (or when the ids ran out), and the
+        service's PostgreSQL sessions in between, every SAMPLE_EVERY seconds."""
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-        counts["before"] = (time.perf_counter(), await approved_count(args.database_url))
-        try:
-            await asyncio.wait_for(exhausted.wait(), timeout=max(0.0, window_end - time.perf_counter()))
-        except TimeoutError:
-            pass
-        counts["after"] = (time.perf_counter(), await approved_count(args.database_url))
+        async with await psycopg.AsyncConnection.connect(args.database_url, autocommit=True) as conn:
+            counts["before"] = (time.perf_counter(), await scalar(conn, APPROVED))
+            while not exhausted.is_set() and time.perf_counter() < window_end:
+                row = await (await conn.execute(SESSIONS)).fetchone()
+                if row is not None:
+                    sessions.append(tuple(int(v) for v in row))
+                wait = min(SAMPLE_EVERY, max(0.0, window_end - time.perf_counter()))
+                try:
+                    await asyncio.wait_for(exhausted.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+            counts["after"] = (time.perf_counter(), await scalar(conn, APPROVED))
+            counts["undecided"] = (time.perf_counter(), await scalar(conn, UNDECIDED))
 
     cpu_marks: dict[str, float] = {}
 
@@ -232,13 +254,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     in_window = [i for i, t in enumerate(finished_at) if window_start <= t < end]
     window_statuses = Counter(statuses[i] for i in in_window)
-    ms = sorted(latencies[i] * 1000 for i in in_window if statuses[i] == str(expected))
+    # Every answer counts in the percentiles, unexpected ones too: a click Bolt answered 404 after its
+    # 3 s ack timeout is a click whose ack took that long (and failed), not one to leave out.
+    ms = sorted(latencies[i] * 1000 for i in in_window)
+    count = window_statuses[str(expected)]
     result: dict[str, Any] = {
         "mode": mode,
         "clients": args.clients,
         "window": window,
-        "count": len(ms),
-        "rps": len(ms) / window,
+        "count": count,
+        "rps": count / window,
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),
         "max_ms": ms[-1] if ms else None,
@@ -258,6 +283,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "approved_before": before,
             "approved_after": after,
             "decisions_per_s": (after - before) / max(t1 - t0, 1e-9),
+            "undecided_at_end": counts["undecided"][1],
+            "pg_sessions_max": max((s[0] for s in sessions), default=None),
+            "pg_active_max": max((s[1] for s in sessions), default=None),
+            "pg_active_mean": sum(s[1] for s in sessions) / len(sessions) if sessions else None,
+            "pg_idle_in_tx_mean": sum(s[2] for s in sessions) / len(sessions) if sessions else None,
+            "pg_lock_waits_max": max((s[3] for s in sessions), default=None),
         }
     return result
 

@@ -264,7 +264,8 @@ class FakeSlack:
         message = {key: params[key] for key in ("text", "blocks") if key in params}
         for stored in self.messages.get(str(params.get("channel") or ""), []):
             if stored["ts"] == params.get("ts"):
-                stored |= message  # Slack keeps a message's metadata unless the update sends new
+                for key, value in message.items():  # the metadata stays unless the update sends new
+                    stored[key] = value
                 if isinstance(params.get("metadata"), dict):
                     stored["metadata"] = params["metadata"]
         return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"), "message": message}

@@ -180,7 +180,8 @@ async def slack_service(database_url: str, **overrides: Any) -> AsyncIterator[Sl
                     session=session, base=str(server.make_url("")), key="", container=container, fake=fake
                 )
                 api.key = await api.add_agent(
-                    "hiring-bot", ["send_offer_letter", "refund_customer", "approve_invoice", "sign_contract", "read_*"]
+                    "hiring-bot",
+                    ["send_offer_letter", "refund_customer", "approve_invoice", "sign_contract", "read_*"],
                 )
                 yield api
         finally:

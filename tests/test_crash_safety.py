@@ -35,12 +35,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import build_engine
+from app.dispatcher import Settlement
 from approvals.agents import add_agent
-from approvals.outbox import CALLBACK, SLACK_POST
+from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import _clear_postgres, offer
 from tests.fake_slack import FakeSlack
-from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
+from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 from tests.test_service_startup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,11 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, what: str, timeout: f
     except TimeoutError:
         raise AssertionError(f"{what} within {timeout:g} s") from None
     return value
+
+
+async def select_rows(engine: AsyncEngine, table: Any, *where: Any) -> list[Any]:
+    async with engine.connect() as conn:
+        return list(await conn.execute(select(table).where(*where)))
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -222,8 +228,7 @@ class Crash:
             return dict(await resp.json())
 
     async def rows(self, table: Any, *where: Any) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list(await conn.execute(select(table).where(*where)))
+        return await select_rows(self.engine, table, *where)
 
     async def outbox_rows(self, request_id: str, kind: str) -> list[Any]:
         return await self.rows(outbox, outbox.c.request_id == request_id, outbox.c.kind == kind)
@@ -413,3 +418,47 @@ async def test_an_acknowledged_click_is_decided_after_the_process_dies(crash: Cr
     # ...and the live card shows it.
     [update] = await fake.wait_for_calls("chat.update", 1, timeout=10)
     assert (update.params["channel"], update.params["ts"]) == (post.params["channel"], card["ts"])
+
+
+# -- the look-up before a repeated post, when Slack cannot answer it --------------------------------------
+
+
+@pytest.fixture
+async def slack(database_url: str) -> AsyncIterator[SlackApi]:
+    async for api in slack_service(database_url):
+        yield api
+
+
+async def _repeat_post(slack: SlackApi, destination: str) -> Settlement:
+    """A second attempt at posting a pending request's card to `destination` (none is recorded there)."""
+    created = await (await slack.post("/v1/requests", offer())).json()
+    assert slack.fake is not None and slack.container.slack is not None
+    await slack.fake.wait_for_calls("chat.postMessage", 1)
+    await slack.container.dispatcher.run_until_idle()
+    [row] = await select_rows(
+        slack.container.engine, outbox, outbox.c.request_id == created["id"], outbox.c.kind == SLACK_POST
+    )
+    item = Claimed(row.id, SLACK_POST, created["id"], row.dedupe_key, {"destination": destination}, 2)
+    return await slack.container.slack.delivery.post(item)
+
+
+async def test_without_the_history_scopes_a_repeated_post_still_posts(slack: SlackApi) -> None:
+    assert slack.fake is not None
+    slack.fake.fail("conversations.history", error="missing_scope")
+    outcome = await _repeat_post(slack, "C0ELSEWHERE")
+    assert outcome.result == "delivered"
+    assert [c.params["channel"] for c in slack.fake.succeeded("chat.postMessage")] == [
+        "C0HIRING",
+        "C0ELSEWHERE",
+    ]
+    assert len(slack.fake.calls_to("conversations.history")) == 1
+
+
+async def test_when_slack_is_busy_a_repeated_post_waits_instead_of_risking_a_second_card(
+    slack: SlackApi,
+) -> None:
+    assert slack.fake is not None
+    slack.fake.fail("conversations.history", status=429, retry_after=7)
+    outcome = await _repeat_post(slack, "C0ELSEWHERE")
+    assert (outcome.result, outcome.retry_in, outcome.status_code) == ("retry", 7.0, 429)
+    assert len(slack.fake.succeeded("chat.postMessage")) == 1

@@ -7,6 +7,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from approvals.errors import DomainError
 
@@ -62,6 +64,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         code, message = _AIOHTTP_CODES.get(exc.status, ("http_error", exc.reason))
         return error_response(exc.status, code, message)
+    except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        # The database is restarting, unreachable or out of connections: a retryable answer, not a crash.
+        log.error("database_unavailable", method=request.method, path=request.path, error=type(exc).__name__)
+        response = error_response(503, "database_unavailable", "the database is unavailable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", "the service failed to handle this request")
