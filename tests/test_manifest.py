@@ -31,7 +31,17 @@ def test_the_manifest_validates_against_slacks_schema(manifest: dict[str, Any]) 
 
 def test_the_bot_asks_for_exactly_the_scopes_it_uses(manifest: dict[str, Any]) -> None:
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
-        ["chat:write", "users:read", "users:read.email", "usergroups:read", "commands", "im:write"]
+        [
+            "chat:write",
+            "users:read",
+            "users:read.email",
+            "usergroups:read",
+            "commands",
+            "im:write",
+            "channels:history",
+            "groups:history",
+            "im:history",
+        ]
     )
 
 
