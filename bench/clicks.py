@@ -26,18 +26,22 @@ What it does, in one run on one PostgreSQL server:
    from a shared list and clicks Approve on it (a distinct request and action_ts per click, the user
    cycling through the approvers). The listener stores the click (one INSERT), acks, then decides
    (users.info, cached per user; one transaction recording the decision and the audit events).
-5. prints a table: acks/s and ack latency p50/p99/max (time to the complete HTTP answer), answers
-   other than the expected status, and CPU used by the service, PostgreSQL, the fake Slack, the load
-   generator and anything else on the host; the ratios of the Approve latencies to the baselines';
-   and decisions/s.
+5. prints a table: acks/s and ack latency p50/p99/max (time to the complete HTTP answer, for every
+   answer in the window: a click Bolt answers 404 because the listener missed its 3 s ack deadline
+   counts with its time), answers other than the expected status, and CPU used by the service,
+   PostgreSQL, the fake Slack, the load generator and anything else on the host; the ratios of the
+   Approve latencies to the baselines'; and decisions/s.
 
 Decisions/s is counted from the database, not from acks: an ack only means the click is stored;
 the decision comes after it, in the same process. The load generator reads
 `SELECT count(*) FROM requests WHERE status = 'approved'` at the start and at the end of its own
 measurement window (the same interval as the latencies), so decisions/s is approvals actually
-committed per second while clicks arrive. After the run, the bench waits for the remaining acked
-clicks to be decided and reports how long that took (the backlog), and the click-to-decision lag
-(decisions.created_at - slack_clicks.created_at, both the database's clock) p50/p99/max.
+committed per second while clicks arrive. In between it samples the service's sessions in
+pg_stat_activity (open, running a query, idle inside a transaction, waiting for a lock), which tells
+whether PostgreSQL or the service's own event loop is the one being waited for. After the run, the
+bench waits for the stored clicks still undecided (the backlog) and reports how long that took, and
+the click-to-decision lag (decisions.created_at - slack_clicks.created_at, both the database's clock)
+p50/p99/max.
 
 The host's CPU use in the second before start is printed too: other work on a small machine skews
 every figure. It measures and never asserts: the exit status is 0 whatever the figures (non-zero

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -187,6 +188,10 @@ async def test_double_clicks_and_slack_retries_record_nothing_new(slack: SlackAp
     click = block_actions(request_id, "approve_request", user="U01COO", action_ts="1700000200.000001")
     for headers in ({}, {}, {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}):
         assert (await slack.slack(click, **headers)).status == 200
+    # The click is decided after the ack: wait for it, then check the repeats added nothing.
+    async with asyncio.timeout(10):
+        while not await _events(slack, request_id, "decision_recorded"):
+            await asyncio.sleep(0.05)
     await slack.container.dispatcher.run_until_idle()
     events_before = await _events(slack, request_id, "decision_recorded")
     assert len(events_before) == 1
