@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ log = structlog.get_logger("approvals.slack")
 
 # A click still undecided after this long belongs to a process that died after acking it.
 STRANDED_AFTER = dt.timedelta(seconds=5)
+DECIDING_AT_ONCE = 4
 
 
 class ClickProcessor:
@@ -40,6 +42,8 @@ class ClickProcessor:
         self._client = client
         self._directory = directory
         self._after_commit = after_commit
+        # Deciding costs far more than storing: bounded, so a burst of clicks never delays new acks.
+        self._deciding = asyncio.Semaphore(DECIDING_AT_ONCE)
 
     async def accept(self, *, dedupe_key: str, request_id: str, payload: dict[str, Any]) -> int | None:
         """Keep the click (one short INSERT); None when it is a Slack retry or a replay."""
@@ -48,6 +52,10 @@ class ClickProcessor:
 
     async def process(self, click_id: int) -> Recorded | Refused | Duplicate | None:
         """Decide one stored click; None when another process has it or it is already decided."""
+        async with self._deciding:
+            return await self._process(click_id)
+
+    async def _process(self, click_id: int) -> Recorded | Refused | Duplicate | None:
         async with self._engine.connect() as conn:
             stored = await read_click(conn, click_id)
             if stored is None or stored.status != "pending":
