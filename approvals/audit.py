@@ -146,6 +146,26 @@ class ChainBreak:
     problem: str
 
 
+def check_link(row: Any, expected_seq: int, prev_hash: str) -> ChainBreak | None:
+    """One event against the one before it: its place, its link, and its own hash."""
+    if row.seq != expected_seq:
+        return ChainBreak(row.chain_id, expected_seq, f"event {expected_seq} is missing")
+    if row.prev_hash != prev_hash:
+        return ChainBreak(row.chain_id, row.seq, "prev_hash does not match the event before it")
+    recomputed = event_hash(
+        chain_id=row.chain_id,
+        seq=row.seq,
+        kind=row.kind,
+        actor=row.actor,
+        data=row.data,
+        created_at=row.created_at,
+        prev_hash=row.prev_hash,
+    )
+    if recomputed != row.hash:
+        return ChainBreak(row.chain_id, row.seq, "event content does not match its hash")
+    return None
+
+
 async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | None:
     """Recompute one chain; the first broken link, or None when every hash and link holds."""
     rows = (
@@ -155,21 +175,9 @@ async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | Non
     ).all()
     prev_hash, expected_seq = GENESIS_HASH, 1
     for row in rows:
-        if row.seq != expected_seq:
-            return ChainBreak(chain_id, expected_seq, f"event {expected_seq} is missing")
-        if row.prev_hash != prev_hash:
-            return ChainBreak(chain_id, row.seq, "prev_hash does not match the event before it")
-        recomputed = event_hash(
-            chain_id=row.chain_id,
-            seq=row.seq,
-            kind=row.kind,
-            actor=row.actor,
-            data=row.data,
-            created_at=row.created_at,
-            prev_hash=row.prev_hash,
-        )
-        if recomputed != row.hash:
-            return ChainBreak(chain_id, row.seq, "event content does not match its hash")
+        broken = check_link(row, expected_seq, prev_hash)
+        if broken is not None:
+            return broken
         prev_hash, expected_seq = row.hash, expected_seq + 1
     head = (await conn.execute(select(chain_heads).where(chain_heads.c.chain_id == chain_id))).first()
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
@@ -219,24 +227,8 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
             chains += 1
         if first_break is not None:
             continue
-        if row.seq != expected_seq:
-            first_break = ChainBreak(row.chain_id, expected_seq, f"event {expected_seq} is missing")
-        elif row.prev_hash != prev_hash:
-            first_break = ChainBreak(row.chain_id, row.seq, "prev_hash does not match the event before it")
-        elif (
-            event_hash(
-                chain_id=row.chain_id,
-                seq=row.seq,
-                kind=row.kind,
-                actor=row.actor,
-                data=row.data,
-                created_at=row.created_at,
-                prev_hash=row.prev_hash,
-            )
-            != row.hash
-        ):
-            first_break = ChainBreak(row.chain_id, row.seq, "event content does not match its hash")
-        else:
+        first_break = check_link(row, expected_seq, prev_hash)
+        if first_break is None:
             prev_hash, expected_seq = row.hash, expected_seq + 1
     if current is not None and first_break is None:
         first_break = close_chain(current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -101,31 +102,43 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_database(worker_name: str) -> Iterator[str]:
-    """A database of this worker's own on the PostgreSQL server, built by Alembic."""
-    if not _postgres_available():
-        if REQUIRE_POSTGRES:
-            pytest.fail(
-                f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} "
-                "does not answer"
-            )
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"approvals_test_{worker_name}"
+def require_postgres() -> None:
+    """Skip without a server, unless CI said PostgreSQL is required: then fail."""
+    if _postgres_available():
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(
+            f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} does not answer"
+        )
+    pytest.skip("PostgreSQL is not reachable")
+
+
+@contextlib.contextmanager
+def fresh_postgres(name: str) -> Iterator[str]:
+    """An empty database of that name (dropped first, dropped again after); yields its URL."""
+    require_postgres()
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    engine = build_engine(url)
+    try:
+        yield make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    async def migrate() -> None:
-        await upgrade_to_head(engine)
-        await engine.dispose()
 
-    asyncio.run(migrate())
-    yield url
-    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture(scope="session")
+def postgres_database(worker_name: str) -> Iterator[str]:
+    """A database of this worker's own on the PostgreSQL server, built by Alembic."""
+    with fresh_postgres(f"approvals_test_{worker_name}") as url:
+        engine = build_engine(url)
+
+        async def migrate() -> None:
+            await upgrade_to_head(engine)
+            await engine.dispose()
+
+        asyncio.run(migrate())
+        yield url
 
 
 def _clear_postgres(url: str) -> None:

@@ -14,25 +14,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
-import psycopg
 import pytest
 from aiohttp import ClientSession
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from app.database import build_engine
 from app.migrate import upgrade_to_head
 from approvals.agents import add_agent
 from approvals.audit import verify_all
 from approvals.tables import audit_events, requests, slack_messages
-from tests.conftest import (
-    POSTGRES_SERVER_URL,
-    TEST_CHECKPOINT_KEY,
-    TEST_POLICIES,
-    _admin_dsn,
-    _postgres_available,
-    offer,
-)
+from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, fresh_postgres, offer
 from tests.fake_slack import FakeSlack
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
@@ -45,15 +36,8 @@ FINAL_KINDS = ["request_approved", "request_rejected", "request_expired", "reque
 
 @pytest.fixture
 def replica_database(worker_name: str) -> Iterator[str]:
-    if not _postgres_available():
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"approvals_replicas_{worker_name}"
-    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres(f"approvals_replicas_{worker_name}") as url:
+        yield url
 
 
 async def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

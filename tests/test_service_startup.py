@@ -11,11 +11,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_SERVER_URL, _admin_dsn, _postgres_available, head_revision
+from tests.conftest import fresh_postgres, head_revision
 
 APPROVALS = [sys.executable, "-m", "app.cli"]
 
@@ -43,15 +41,8 @@ def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> i
 
 @pytest.fixture
 def empty_postgres(worker_name: str) -> Iterator[str]:
-    if not _postgres_available():
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"approvals_empty_{worker_name}"
-    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres(f"approvals_empty_{worker_name}") as url:
+        yield url
 
 
 def _env(database_url: str, port: int, **extra: str) -> dict[str, str]:
