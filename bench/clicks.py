@@ -59,9 +59,7 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +73,16 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from psycopg import sql
+from _common import (
+    approvals_cli,
+    cpu_seconds,
+    database_url,
+    fmt,
+    free_port,
+    host_cpu_seconds,
+    pct,
+    recreate_databases,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVICE_DB = "bench_clicks"
@@ -119,43 +126,6 @@ def policies(users: list[str]) -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def database_url(server_url: str, name: str) -> str:
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
-
-
-def recreate_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def approvals_cli() -> str:
-    beside = Path(sys.executable).parent / "approvals"
-    found = str(beside) if beside.exists() else shutil.which("approvals")
-    if found is None:
-        raise SystemExit("cannot find the `approvals` command: install the project into this venv")
-    return found
-
-
-# -- CPU accounting (as bench/intake.py) -------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of one process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def postgres_cpu_seconds() -> dict[int, float]:
     """CPU seconds of every process named `postgres` on this host (all PostgreSQL backends), by pid."""
     used: dict[int, float] = {}
@@ -177,16 +147,6 @@ def postgres_cpu_used(before: dict[int, float], after: dict[int, float]) -> floa
     if not after:
         return None
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-
-
-def host_cpu_seconds() -> float | None:
-    """Busy (not idle, not iowait) CPU seconds of the whole host since boot, from /proc/stat."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(server_pid: int, fake_pid: int) -> dict[str, Any]:
@@ -440,14 +400,6 @@ def database_summary(db_url: str) -> dict[str, Any]:
 # -- the report -------------------------------------------------------------------------------------
 
 
-def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _pct(share: float | None) -> str:
-    return fmt(None if share is None else share * 100, ".0f", "%")
-
-
 def unexpected(result: dict[str, Any]) -> int:
     return sum(n for status, n in result["statuses"].items() if status != str(result["expected"]))
 
@@ -496,8 +448,8 @@ def print_report(
         r = results[mode]
         print(
             f"{label:<36} {r['expected']:>6} {r['rps']:>7.1f} {fmt(r['p50_ms']):>7} {fmt(r['p99_ms']):>7} "
-            f"{fmt(r['max_ms']):>7} {unexpected(r):>5} {_pct(r['server_cpu']):>7} {_pct(r['postgres_cpu']):>6} "
-            f"{_pct(r['fake_cpu']):>5} {_pct(r['load_cpu']):>5} {_pct(r['other_cpu']):>5}"
+            f"{fmt(r['max_ms']):>7} {unexpected(r):>5} {pct(r['server_cpu']):>7} {pct(r['postgres_cpu']):>6} "
+            f"{pct(r['fake_cpu']):>5} {pct(r['load_cpu']):>5} {pct(r['other_cpu']):>5}"
         )
     click = results["approve"]
     for mode, _label in SCENARIOS[:3]:
@@ -599,7 +551,7 @@ def main() -> int:
     processes: list[Process] = []
     service: Process | None = None
     try:
-        recreate_database(args.postgres, SERVICE_DB)
+        recreate_databases(args.postgres, [SERVICE_DB])
         fake, api_url = start_fake_slack(workdir, args.users, env)
         processes.append(fake)
         port = free_port()

@@ -37,9 +37,7 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from _common import (
+    approvals_cli,
+    cpu_seconds,
+    database_url,
+    fmt,
+    free_port,
+    host_cpu_seconds,
+    pct,
+    recreate_databases,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVICE_DB = "bench_intake"
@@ -70,41 +77,6 @@ TARGET_RATIO = 0.5
 TARGET_P99_AT = 8
 TARGET_P99_MS = 50.0
 READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def database_url(server_url: str, name: str) -> str:
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
-
-
-def recreate_databases(server_url: str, names: list[str]) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def approvals_cli() -> str:
-    beside = Path(sys.executable).parent / "approvals"
-    found = str(beside) if beside.exists() else shutil.which("approvals")
-    if found is None:
-        raise SystemExit("cannot find the `approvals` command: install the project into this venv")
-    return found
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of one process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sessions_opened(admin_url: str, database: str) -> int | None:
@@ -132,16 +104,6 @@ def postgres_cpu_seconds() -> float | None:
         if used is not None:
             total, seen = total + used, True
     return total if seen else None
-
-
-def host_cpu_seconds() -> float | None:
-    """Busy (not idle, not iowait) CPU seconds of the whole host since boot, from /proc/stat."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(server_pid: int) -> dict[str, float | None]:
@@ -257,10 +219,6 @@ def run_load(
     return result
 
 
-def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
 def non_201(result: dict[str, Any]) -> int:
     return sum(n for status, n in result["statuses"].items() if status != "201")
 
@@ -283,8 +241,8 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
             r = pair[name]
             print(
                 f"{clients:>7}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
-                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(r['new_connections'], 'd'):>9} {_pct(r['server_cpu']):>8} "
-                f"{_pct(r['postgres_cpu']):>7} {_pct(r['load_cpu']):>8} {_pct(r['other_cpu']):>6}"
+                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(r['new_connections'], 'd'):>9} {pct(r['server_cpu']):>8} "
+                f"{pct(r['postgres_cpu']):>7} {pct(r['load_cpu']):>8} {pct(r['other_cpu']):>6}"
             )
         base, svc = pair["baseline"], pair["service"]
         ratio = svc["rps"] / base["rps"] if base["rps"] else None
@@ -317,10 +275,6 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
         print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: {shown}  {verdict}")
     else:
         print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: not measured")
-
-
-def _pct(share: float | None) -> str:
-    return fmt(None if share is None else share * 100, ".0f", "%")
 
 
 def main() -> int:
