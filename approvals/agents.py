@@ -96,7 +96,7 @@ async def add_agent(
             created_at=now,
         )
     )
-    key_id = await _insert_key(conn, agent_id=agent_id, name=name, key=key, now=now)
+    key_id = await insert_api_key(conn, role="agent", agent_id=agent_id, name=name, key=key, now=now)
     await append_event(
         conn,
         chain_id=agent_chain(agent_id),
@@ -115,12 +115,15 @@ async def add_agent(
     return NewAgent(id=agent_id, name=name, api_key=key, webhook_secret=secret)
 
 
-async def _insert_key(conn: AsyncConnection, *, agent_id: str, name: str, key: str, now: dt.datetime) -> str:
+async def insert_api_key(
+    conn: AsyncConnection, *, role: str, agent_id: str | None, name: str, key: str, now: dt.datetime
+) -> str:
+    """Store a new key's hash and display prefix (never the key); returns the key's id."""
     key_id = new_id("key_")
     await conn.execute(
         api_keys.insert().values(
             id=key_id,
-            role="agent",
+            role=role,
             agent_id=agent_id,
             name=name,
             key_hash=hash_api_key(key),
@@ -185,7 +188,7 @@ async def rotate_agent_key(
         .values(expires_at=retire_at)
     )
     key = new_api_key(AGENT_KEY_PREFIX)
-    key_id = await _insert_key(conn, agent_id=agent.id, name=name, key=key, now=now)
+    key_id = await insert_api_key(conn, role="agent", agent_id=agent.id, name=name, key=key, now=now)
     await append_event(
         conn,
         chain_id=agent_chain(agent.id),

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.agents import insert_api_key
 from approvals.audit import append_event
 from approvals.db import db_now
 from approvals.errors import Conflict, InvalidInput
-from approvals.keys import AUDITOR_KEY_PREFIX, display_prefix, hash_api_key, new_api_key, new_id
+from approvals.keys import AUDITOR_KEY_PREFIX, new_api_key
 from approvals.tables import api_keys
 
 AUDITORS_CHAIN = "auditors"
@@ -33,19 +34,9 @@ async def add_auditor_key(conn: AsyncConnection, *, name: str, actor: str = "cli
     ).first()
     if taken is not None:
         raise Conflict("key_exists", f"an auditor key named {name!r} already exists", "name")
-    key, key_id = new_api_key(AUDITOR_KEY_PREFIX), new_id("key_")
+    key = new_api_key(AUDITOR_KEY_PREFIX)
     now = await db_now(conn)
-    await conn.execute(
-        api_keys.insert().values(
-            id=key_id,
-            role="auditor",
-            agent_id=None,
-            name=name,
-            key_hash=hash_api_key(key),
-            prefix=display_prefix(key),
-            created_at=now,
-        )
-    )
+    key_id = await insert_api_key(conn, role="auditor", agent_id=None, name=name, key=key, now=now)
     await append_event(
         conn,
         chain_id=AUDITORS_CHAIN,

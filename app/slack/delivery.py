@@ -147,17 +147,14 @@ class SlackDelivery:
         if item.payload.get("escalation"):
             # Escalation: the added approvers each get the card in a DM, whatever the policy's channel.
             added = (rule or {}).get("escalated_to") or {}
-            destinations = list(added.get("users", []))
-            for group in added.get("usergroups", []):
-                destinations += [
-                    u for u in sorted(await self._directory.group_members(group)) if u not in destinations
-                ]
+            destinations = await self._directory.people(
+                list(added.get("users", [])), list(added.get("usergroups", []))
+            )
         else:
             users, groups = approver_ids(rule)
-            dm_users = list(users)
-            if rule and rule.get("dm_approvers"):
-                for group in groups:
-                    dm_users += sorted(await self._directory.group_members(group))
+            dm_users = (
+                await self._directory.people(users, groups) if rule and rule.get("dm_approvers") else users
+            )
             destinations = card_destinations(rule, dm_users)
         request_id = item.request_id
 

@@ -38,6 +38,13 @@ class SlackDirectory:
         self._groups[group_id] = (time.monotonic(), members)
         return members
 
+    async def people(self, users: list[str], groups: list[str]) -> list[str]:
+        """The listed users, then the members of the listed groups, each person once."""
+        people = list(dict.fromkeys(users))
+        for group in groups:
+            people += [user for user in sorted(await self.group_members(group)) if user not in people]
+        return people
+
     async def in_any_group(self, user_id: str, groups: list[str]) -> bool:
         for group in groups:
             if user_id in await self.group_members(group):

@@ -42,10 +42,7 @@ class SlackReminders:
                 ).scalars()
             )
         users, groups = approver_ids(rule)
-        people = list(dict.fromkeys(users))
-        for group in groups:
-            people += [u for u in sorted(await self._directory.group_members(group)) if u not in people]
-        waiting = [user for user in people if user not in decided]
+        waiting = [user for user in await self._directory.people(users, groups) if user not in decided]
         request_id, reminder = item.request_id, item.payload.get("reminder", 1)
 
         async def queue(conn: AsyncConnection) -> None:
