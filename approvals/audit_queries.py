@@ -8,11 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.db import iso_utc
 from approvals.tables import audit_events, policy_versions
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 async def events_of_kind(
@@ -32,7 +29,7 @@ async def events_of_kind(
     rows = await conn.execute(query.order_by(audit_events.c.created_at, audit_events.c.id).limit(limit))
     return [
         {
-            "at": _iso(r.created_at),
+            "at": iso_utc(r.created_at),
             "kind": r.kind,
             "chain_id": r.chain_id,
             "seq": r.seq,
@@ -53,7 +50,7 @@ async def policy_history(conn: AsyncConnection) -> list[dict[str, Any]]:
             "sha256": r.sha256,
             "source": r.source,
             "loaded_by": r.loaded_by,
-            "loaded_at": _iso(r.loaded_at),
+            "loaded_at": iso_utc(r.loaded_at),
         }
         for r in rows
     ]

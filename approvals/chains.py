@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.db import iso_utc
 from approvals.errors import InvalidInput, NotFound
 from approvals.tables import (
     agents,
@@ -44,12 +45,8 @@ class ChainFilter:
     created_to: dt.datetime | None = None
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def encode_cursor(created_at: dt.datetime, request_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{_iso(created_at)}|{request_id}".encode()).decode()
+    return base64.urlsafe_b64encode(f"{iso_utc(created_at)}|{request_id}".encode()).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
@@ -202,8 +199,8 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
             "on_behalf_of": row.on_behalf_of,
             "links": row.links,
             "callback_url": row.callback_url,
-            "created_at": _iso(row.created_at),
-            "expires_at": _iso(row.expires_at),
+            "created_at": iso_utc(row.created_at),
+            "expires_at": iso_utc(row.expires_at),
         },
         "agent": {
             "id": row.agent_id,
@@ -228,14 +225,14 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
                 "channel": m.channel,
                 "ts": m.ts,
                 "permalink": m.permalink,
-                "posted_at": _iso(m.created_at),
+                "posted_at": iso_utc(m.created_at),
             }
             for m in parts["messages"]
         ],
         "clicks": [
             {
                 "kind": e.kind,
-                "at": _iso(e.created_at),
+                "at": iso_utc(e.created_at),
                 **{
                     k: e.data.get(k)
                     for k in ("user_id", "user_name", "email", "team_id", "choice", "reason", "action_ts")
@@ -257,7 +254,7 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
                 "action_ts": d.action_ts,
                 "policy_version": d.policy_version_id,
                 "mfa": d.mfa,
-                "decided_at": _iso(d.created_at),
+                "decided_at": iso_utc(d.created_at),
             }
             for d in parts["decisions"]
         ],
@@ -265,14 +262,14 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
             "status": row.status,
             "decided_by": row.decided_by,
             "reason": row.reason,
-            "decided_at": _iso(row.decided_at),
+            "decided_at": iso_utc(row.decided_at),
         }
         if row.decided_at
         else None,
         "callbacks": [
             {
                 "attempt": a.attempt,
-                "at": _iso(a.started_at),
+                "at": iso_utc(a.started_at),
                 "status_code": a.status_code,
                 "result": a.result,
                 "latency_ms": a.latency_ms,
@@ -285,7 +282,7 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
             "status": row.outcome_status,
             "detail": row.outcome_detail,
             "external_ref": row.outcome_external_ref,
-            "recorded_at": _iso(row.outcome_at),
+            "recorded_at": iso_utc(row.outcome_at),
         }
         if row.outcome_status
         else None,
@@ -294,7 +291,7 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
                 "seq": e.seq,
                 "kind": e.kind,
                 "actor": e.actor,
-                "at": _iso(e.created_at),
+                "at": iso_utc(e.created_at),
                 "data": e.data,
                 "prev_hash": e.prev_hash,
                 "hash": e.hash,

@@ -35,6 +35,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """How the API and exports write a time: ISO 8601 in UTC with a trailing Z."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
 _SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
 _POSTGRES_NOW = text("SELECT clock_timestamp()")
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.db import db_now, insert_ignoring_conflict, is_postgres, iso_utc
 from approvals.tables import delivery_attempts, outbox
 
 SLACK_NOTIFY = "slack_notify"
@@ -149,7 +149,7 @@ async def attempts_for(conn: AsyncConnection, request_id: str) -> list[dict[str,
             "kind": r.kind,
             "attempt": r.attempt,
             "target": r.target,
-            "at": r.started_at.isoformat().replace("+00:00", "Z"),
+            "at": iso_utc(r.started_at),
             "latency_ms": r.latency_ms,
             "status_code": r.status_code,
             "result": r.result,

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.db import iso_utc
 from approvals.tables import agents, requests, slack_messages
 
 MAX_LISTED = 500
@@ -45,7 +46,7 @@ async def pending_requests(conn: AsyncConnection) -> list[dict[str, Any]]:
             "title": r.title,
             "action": r.action,
             "agent_name": r.agent_name,
-            "expires_at": r.expires_at.isoformat().replace("+00:00", "Z"),
+            "expires_at": iso_utc(r.expires_at),
             "policy_rule": r.policy_rule,
             "permalink": links.get(r.id),
         }

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.db import iso_utc
 from approvals.outbox import attempts_for
 from approvals.tables import decisions, requests
 
 FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def render_request(
@@ -28,7 +24,7 @@ def render_request(
             "status": row.outcome_status,
             "detail": row.outcome_detail,
             "external_ref": row.outcome_external_ref,
-            "recorded_at": _iso(row.outcome_at),
+            "recorded_at": iso_utc(row.outcome_at),
         }
     return {
         "id": row.id,
@@ -44,16 +40,16 @@ def render_request(
         "required_approvals": row.required_approvals,
         "decided_by": row.decided_by,
         "reason": row.reason,
-        "created_at": _iso(row.created_at),
-        "expires_at": _iso(row.expires_at),
-        "decided_at": _iso(row.decided_at),
+        "created_at": iso_utc(row.created_at),
+        "expires_at": iso_utc(row.expires_at),
+        "decided_at": iso_utc(row.decided_at),
         "decisions": [
             {
                 "approver": {"id": d.approver_id, "name": d.approver_name, "email": d.approver_email},
                 "decision": d.decision,
                 "reason": d.reason,
                 "mfa": d.mfa,
-                "decided_at": _iso(d.created_at),
+                "decided_at": iso_utc(d.created_at),
             }
             for d in decision_rows
         ],
