@@ -89,7 +89,7 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
     """Authorise and record one approve/reject; refusals are audited with their reason."""
     query = select(requests).where(requests.c.id == click.request_id)
     if is_postgres(conn):
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)  # NO KEY UPDATE: we never change the id
     request = (await conn.execute(query)).first()
     if request is None:
         raise NotFound("request_not_found", f"no request {click.request_id!r}", "request_id")

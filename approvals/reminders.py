@@ -41,7 +41,7 @@ async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
         .limit(limit)
     )
     if is_postgres(conn):
-        query = query.with_for_update(skip_locked=True)
+        query = query.with_for_update(skip_locked=True, key_share=True)  # see expire_due_requests
     steps = 0
     for row in await conn.execute(query):
         rule = dict(row.policy_rule)

@@ -419,7 +419,9 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
         .limit(limit)
     )
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        # NO KEY UPDATE: rows being referenced by a concurrent insert (a card, a decision) hold a key-share
+        # lock; a plain FOR UPDATE would skip them, and the sweep would miss a due request for a tick.
+        query = query.with_for_update(skip_locked=True, key_share=True)
     due = [row.id for row in (await conn.execute(query)).all()]
     expired = []
     for request_id in due:

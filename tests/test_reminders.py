@@ -67,6 +67,7 @@ async def test_reminders_go_once_to_approvers_who_have_not_acted(slack: SlackApi
             break
         view = await (await slack.get(f"/v1/requests/{created['id']}?wait=1")).json()
     assert len(view["decisions"]) == 1
+    await slack.container.dispatcher.run_until_idle()
     await _age(slack, created["id"], 0.30)  # past the 25% point only
     assert await reminders_job(slack.container) == 1
     assert await reminders_job(slack.container) == 0  # the same reminder is never queued twice
@@ -84,6 +85,7 @@ async def test_the_last_reminder_escalates_and_the_added_approver_can_decide(sla
     # Before escalation the CEO is not an approver.
     await slack.slack(block_actions(created["id"], "approve_request", user="U03CEO", channel="C0LEGAL"))
     await slack.fake.wait_for_calls("chat.postEphemeral", 1)
+    await slack.container.dispatcher.run_until_idle()  # the card's delivery has settled
     await _age(slack, created["id"], 0.55)  # past both points
     assert await reminders_job(slack.container) == 2
     await slack.container.dispatcher.run_until_idle()
