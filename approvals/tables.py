@@ -240,3 +240,49 @@ audit_checkpoints = Table(
     Column("key_id", String(64), nullable=False),
     Column("signature", Text, nullable=False),
 )
+
+identity_links = Table(
+    "identity_links",
+    metadata,
+    # A Slack user bound to one identity at the IdP: made by their first verified step-up.
+    Column("slack_user_id", String(40), primary_key=True),
+    Column("issuer", String(500), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("linked_at", UTCDateTime, nullable=False),
+    UniqueConstraint("issuer", "subject", name="uq_identity_links_issuer_subject"),
+)
+
+step_up_intents = Table(
+    "step_up_intents",
+    metadata,
+    # A click held until the approver proves a fresh MFA login; single use, short lived.
+    Column("id", String(64), primary_key=True),
+    Column("request_id", String(40), ForeignKey("requests.id"), nullable=False),
+    Column("approver_id", String(40), nullable=False),
+    Column("decision", String(10), nullable=False),  # approve | reject
+    Column("reason", Text),
+    Column("click", JSON, nullable=False),  # who clicked, as Slack told us, for the decision record
+    Column("status", String(16), nullable=False),  # pending | started | decided | failed
+    Column("state", String(64), unique=True),
+    Column("nonce", String(64)),
+    Column("code_verifier", String(128)),
+    Column("failure", String(40)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Index("ix_step_up_intents_request_id", "request_id"),
+)
+
+step_ups = Table(
+    "step_ups",
+    metadata,
+    # The latest verified step-up of each Slack user: it stays fresh for a policy's max_age.
+    Column("slack_user_id", String(40), primary_key=True),
+    Column("issuer", String(500), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("amr", JSON, nullable=False),
+    Column("acr", String(255)),
+    Column("auth_time", UTCDateTime, nullable=False),
+    Column("verified_at", UTCDateTime, nullable=False),
+)
