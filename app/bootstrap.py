@@ -19,6 +19,7 @@ from app.dispatcher import OutboxDispatcher
 from app.http.auth import PrincipalCache
 from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
+from app.oidc.provider import OidcProvider
 from app.ssrf import CallbackAllowList
 from app.waiters import RequestWaiters
 from approvals.outbox import CALLBACK
@@ -49,6 +50,7 @@ class Container:
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     metrics: Metrics = field(default_factory=Metrics)
     slack: SlackRuntime | None = None
+    oidc: OidcProvider | None = None
 
     def committed(self, request_id: str) -> None:
         """After a commit that changed a request: wake its long-pollers, deliver its outbox rows now."""
@@ -123,6 +125,7 @@ async def build_container(
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
         dispatcher=OutboxDispatcher(engine),
         checkpoint_key=checkpoint_key,
+        oidc=build_oidc(settings),
     )
     container.dispatcher.register(
         CALLBACK,
@@ -137,5 +140,20 @@ async def build_container(
             dispatcher=container.dispatcher,
             waiters=container.waiters,
             metrics=container.metrics,
+            oidc=container.oidc,
         )
     return container
+
+
+def build_oidc(settings: Settings) -> OidcProvider | None:
+    """The IdP client for MFA step-up, when one is configured."""
+    if not settings.oidc_enabled:
+        return None
+    assert settings.oidc_issuer is not None and settings.oidc_client_id is not None
+    secret = settings.oidc_client_secret
+    return OidcProvider(
+        issuer=settings.oidc_issuer,
+        client_id=settings.oidc_client_id,
+        client_secret=secret.get_secret_value() if secret is not None else None,
+        refetch_interval=settings.oidc_jwks_refetch_seconds,
+    )

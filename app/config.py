@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
+    oidc_acr_values: str | None = None  # sent when a policy lists no acr of its own (space-separated)
+    oidc_jwks_refetch_seconds: float = Field(default=60, ge=0, le=3600)  # least gap between refetches
 
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
@@ -60,6 +62,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be the IdP's issuer URL, e.g. https://login.example.com")
+        return value
+
     @field_validator("public_url", "slack_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -74,6 +83,18 @@ class Settings(BaseSettings):
         if (self.slack_signing_secret or self.slack_app_token) and not self.slack_bot_token:
             raise ValueError("SLACK_BOT_TOKEN: required when Slack is configured")
         return self
+
+    @model_validator(mode="after")
+    def _oidc_pairs(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_client_id:
+            raise ValueError("APPROVALS_OIDC_CLIENT_ID: required when APPROVALS_OIDC_ISSUER is set")
+        if self.oidc_client_id and not self.oidc_issuer:
+            raise ValueError("APPROVALS_OIDC_ISSUER: required when APPROVALS_OIDC_CLIENT_ID is set")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_client_id)
 
     @property
     def slack_enabled(self) -> bool:

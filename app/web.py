@@ -13,6 +13,7 @@ from app.config import MAX_BODY_BYTES
 from app.http import agent_api, audit_api, ops
 from app.http.context import CONTAINER
 from app.http.errors import Handler, json_errors
+from app.oidc import routes as oidc_routes
 from app.scheduler import build_scheduler
 from app.slack import http as slack_http
 
@@ -49,6 +50,8 @@ def build_app(container: Container, *, run_scheduler: bool = True) -> web.Applic
     audit_api.register(app)
     ops.register(app)
     slack_http.register(app)
+    if container.oidc is not None:
+        oidc_routes.register(app)
     if run_scheduler:
         app.cleanup_ctx.append(_scheduler_lifetime)
     return app

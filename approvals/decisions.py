@@ -21,7 +21,7 @@ from approvals.requests import finalise
 from approvals.tables import decisions, requests
 
 Choice = Literal["approve", "reject"]
-RefusalReason = Literal["not_approver", "self_approval", "not_pending", "already_decided"]
+RefusalReason = Literal["not_approver", "self_approval", "not_pending", "already_decided", "mfa_unavailable"]
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,19 @@ def _is_self(click: Click, on_behalf_of: str) -> bool:
     }
 
 
-async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refused | Duplicate:
-    """Authorise and record one approve/reject; refusals are audited with their reason."""
-    query = select(requests).where(requests.c.id == click.request_id)
+async def lock_request(conn: AsyncConnection, request_id: str) -> Any:
+    """The request row, locked against concurrent decisions (NO KEY UPDATE: we never change its id)."""
+    query = select(requests).where(requests.c.id == request_id)
     if is_postgres(conn):
-        query = query.with_for_update(key_share=True)  # NO KEY UPDATE: we never change the id
+        query = query.with_for_update(key_share=True)
     request = (await conn.execute(query)).first()
     if request is None:
-        raise NotFound("request_not_found", f"no request {click.request_id!r}", "request_id")
+        raise NotFound("request_not_found", f"no request {request_id!r}", "request_id")
+    return request
 
+
+async def check_click(conn: AsyncConnection, click: Click, request: Any) -> Refused | Duplicate | None:
+    """The click-time rules (pending, approver, not self, once each); refusals are audited here."""
     previous = (
         await conn.execute(
             select(decisions.c.action_ts).where(
@@ -114,15 +118,29 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
         refusal = "not_approver"
     elif _is_self(click, request.on_behalf_of) and not (request.policy_rule or {}).get("allow_self_approval"):
         refusal = "self_approval"
-    if refusal is not None:
-        await append_event(
-            conn,
-            chain_id=click.request_id,
-            kind="click_refused",
-            actor=f"slack:{click.clicker.user_id}",
-            data={**_identity(click), "choice": click.choice, "reason": refusal, "status": request.status},
-        )
-        return Refused(reason=refusal, status=request.status)
+    if refusal is None:
+        return None
+    return await refuse(conn, click, refusal, request.status)
+
+
+async def refuse(conn: AsyncConnection, click: Click, reason: RefusalReason, status: str) -> Refused:
+    """Audit a refused click with its reason."""
+    await append_event(
+        conn,
+        chain_id=click.request_id,
+        kind="click_refused",
+        actor=f"slack:{click.clicker.user_id}",
+        data={**_identity(click), "choice": click.choice, "reason": reason, "status": status},
+    )
+    return Refused(reason=reason, status=status)
+
+
+async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refused | Duplicate:
+    """Authorise and record one approve/reject; refusals are audited with their reason."""
+    request = await lock_request(conn, click.request_id)
+    verdict = await check_click(conn, click, request)
+    if verdict is not None:
+        return verdict
 
     now = await db_now(conn)
     inserted = await insert_ignoring_conflict(

@@ -211,9 +211,11 @@ class Api:
 
 async def start_service(database_url: str, **overrides: Any) -> tuple[Container, TestServer]:
     run_scheduler = overrides.pop("run_scheduler", False)
+    policies_text = overrides.pop("policies_text", TEST_POLICIES)
+    port = overrides.pop("server_port", None)
     settings = make_settings(database_url, **overrides)
-    container = await build_container(settings, loaded=parse_policies(TEST_POLICIES, "test-policies.yml"))
-    server = TestServer(build_app(container, run_scheduler=run_scheduler))
+    container = await build_container(settings, loaded=parse_policies(policies_text, "test-policies.yml"))
+    server = TestServer(build_app(container, run_scheduler=run_scheduler), port=port)
     await server.start_server()
     return container, server
 

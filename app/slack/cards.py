@@ -45,6 +45,7 @@ _EPHEMERAL_TEXTS = {
     "not_pending": "This request is no longer pending.",
     "already_decided": "You have already decided on this request.",
     "expired": "This request has expired; it can no longer be approved or rejected.",
+    "mfa_unavailable": "This request needs an MFA sign-in, but single sign-on is not configured here.",
 }
 _EPHEMERAL_UNKNOWN = "Your click could not be recorded. Please try again, or ask the agent's owner."
 
@@ -423,3 +424,27 @@ def build_home_view(items: Sequence[Mapping[str, Any]], *, now: dt.datetime) -> 
 def ephemeral_text(reason_code: str) -> str:
     """Plain words for a click we refused, by refusal reason."""
     return _EPHEMERAL_TEXTS.get(reason_code, _EPHEMERAL_UNKNOWN)
+
+
+def step_up_prompt(url: str, choice: str, expires_at: dt.datetime) -> tuple[str, list[dict[str, Any]]]:
+    """The ephemeral that holds a click for MFA: why, and a "Verify with SSO" link button."""
+    verb = "approval" if choice == "approve" else "rejection"
+    text = (
+        f"This request needs a fresh sign-in with your company's SSO before your {verb} counts. "
+        f"The link works once, until {_date_token(expires_at)}."
+    )
+    return text, [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": ActionId.VERIFY_SSO.value,
+                    "text": {"type": "plain_text", "text": "Verify with SSO"},
+                    "style": "primary",
+                    "url": url,
+                }
+            ],
+        },
+    ]

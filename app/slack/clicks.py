@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -12,12 +13,24 @@ import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.slack.cards import ephemeral_text
+from app.oidc.routes import step_up_url
+from app.slack.cards import ephemeral_text, step_up_prompt
 from app.slack.directory import SlackDirectory
-from approvals.decisions import Click, Duplicate, Recorded, Refused, approver_ids, record_click
+from approvals.db import db_now
+from approvals.decisions import (
+    Click,
+    Duplicate,
+    Recorded,
+    Refused,
+    approver_ids,
+    lock_request,
+    record_click,
+    refuse,
+)
 from approvals.inbox import claim_click, count_attempt, finish_click, read_click, store_click, stranded_clicks
+from approvals.step_up import Held, MfaRequirement, fresh_evidence, hold_click, new_intent_id
 from approvals.tables import requests
 
 log = structlog.get_logger("approvals.slack")
@@ -25,6 +38,16 @@ log = structlog.get_logger("approvals.slack")
 # A click still undecided after this long belongs to a process that died after acking it.
 STRANDED_AFTER = dt.timedelta(seconds=5)
 DECIDING_AT_ONCE = 4
+
+Outcome = Recorded | Refused | Duplicate | Held
+
+
+@dataclass(frozen=True)
+class StepUpLinks:
+    """What a click needs to know of the configured IdP: whose logins count, and where to send people."""
+
+    issuer: str
+    public_url: str
 
 
 class ClickProcessor:
@@ -37,7 +60,9 @@ class ClickProcessor:
         client: AsyncWebClient,
         directory: SlackDirectory,
         after_commit: Callable[[str], None],
+        step_up: StepUpLinks | None = None,
     ) -> None:
+        self._step_up = step_up
         self._engine = engine
         self._client = client
         self._directory = directory
@@ -50,12 +75,12 @@ class ClickProcessor:
         async with self._engine.begin() as conn:
             return await store_click(conn, dedupe_key=dedupe_key, request_id=request_id, payload=payload)
 
-    async def process(self, click_id: int) -> Recorded | Refused | Duplicate | None:
+    async def process(self, click_id: int) -> Outcome | None:
         """Decide one stored click; None when another process has it or it is already decided."""
         async with self._deciding:
             return await self._process(click_id)
 
-    async def _process(self, click_id: int) -> Recorded | Refused | Duplicate | None:
+    async def _process(self, click_id: int) -> Outcome | None:
         async with self._engine.connect() as conn:
             stored = await read_click(conn, click_id)
             if stored is None or stored.status != "pending":
@@ -79,14 +104,23 @@ class ClickProcessor:
             action_ts=payload["action_ts"],
             reason=payload.get("reason"),
         )
+        requirement = MfaRequirement.of(rule)
         async with self._engine.begin() as conn:
             if await claim_click(conn, click_id) is None:
                 return None
-            outcome = await record_click(conn, click)
+            if requirement is None:
+                outcome: Outcome = await record_click(conn, click)
+            else:
+                outcome = await self._decide_with_mfa(conn, click, requirement)
             await finish_click(conn, click_id)
         self._after_commit(stored.request_id)
         if isinstance(outcome, Refused):
             await self._tell(payload, ephemeral_text(outcome.reason))
+        elif isinstance(outcome, Held):
+            assert self._step_up is not None
+            url = step_up_url(self._step_up.public_url, outcome.intent_id)
+            text, blocks = step_up_prompt(url, click.choice, outcome.expires_at)
+            await self._tell(payload, text, blocks, dm_fallback=True)
         log.info(
             "click_decided",
             request_id=stored.request_id,
@@ -97,13 +131,42 @@ class ClickProcessor:
         )
         return outcome
 
-    async def _tell(self, payload: dict[str, Any], text: str) -> None:
-        """An ephemeral note to the clicker; best effort, the audit event is the record."""
+    async def _decide_with_mfa(
+        self, conn: AsyncConnection, click: Click, requirement: MfaRequirement
+    ) -> Outcome:
+        """A fresh step-up from earlier counts now; otherwise the click waits for one."""
+        if self._step_up is None:
+            # Only a request judged under an older policy file can get here: never decide without MFA.
+            request = await lock_request(conn, click.request_id)
+            return await refuse(conn, click, "mfa_unavailable", request.status)
+        now = await db_now(conn)
+        evidence = await fresh_evidence(conn, click.clicker.user_id, requirement, self._step_up.issuer, now)
+        if evidence is not None:
+            return await record_click(conn, replace(click, mfa=evidence))
+        return await hold_click(conn, click, new_intent_id())
+
+    async def _tell(
+        self,
+        payload: dict[str, Any],
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        *,
+        dm_fallback: bool = False,
+    ) -> None:
+        """An ephemeral note to the clicker; best effort, the audit event is the record.
+
+        A step-up link must reach the approver even when we lack the channel: then it goes by DM.
+        """
         channel = payload.get("channel_id")
-        if not channel:
+        if not channel and not dm_fallback:
             return
         try:
-            await self._client.chat_postEphemeral(channel=channel, user=payload["user_id"], text=text)
+            if channel:
+                await self._client.chat_postEphemeral(
+                    channel=channel, user=payload["user_id"], text=text, blocks=blocks
+                )
+            else:
+                await self._client.chat_postMessage(channel=payload["user_id"], text=text, blocks=blocks)
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("ephemeral_failed", error=str(exc))
 

@@ -10,6 +10,7 @@ class ActionId(StrEnum):
 
     APPROVE = "approve_request"
     REJECT = "reject_request"
+    VERIFY_SSO = "verify_with_sso"  # a link button: Slack still sends the click, which we only ack
 
 
 class CallbackId(StrEnum):

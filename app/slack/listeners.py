@@ -96,6 +96,10 @@ def register(
         )
         await client.views_open(trigger_id=body["trigger_id"], view=modal)
 
+    @app.action(ActionId.VERIFY_SSO.value)
+    async def verify_link_opened(ack: AsyncAck) -> None:
+        await ack()  # the browser follows the button's URL; nothing to do here
+
     @app.view(CallbackId.REJECT_MODAL.value)
     async def reject_reason(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         value = view["state"]["values"].get(REASON_BLOCK, {}).get(REASON_INPUT, {}).get("value") or ""

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.dispatcher import OutboxDispatcher
 from app.metrics import Metrics
+from app.oidc.provider import OidcProvider
 from app.slack import listeners
-from app.slack.clicks import ClickProcessor
+from app.slack.clicks import ClickProcessor, StepUpLinks
 from app.slack.delivery import SlackDelivery
 from app.slack.directory import SlackDirectory
 from app.slack.reminders import SLACK_REMIND_DM, SlackReminders
@@ -39,6 +40,7 @@ def build_slack(
     dispatcher: OutboxDispatcher,
     waiters: RequestWaiters,
     metrics: Metrics,
+    oidc: OidcProvider | None = None,
 ) -> SlackRuntime:
     """The Slack runtime; every client it makes honours SLACK_API_URL."""
     assert settings.slack_bot_token is not None
@@ -64,7 +66,10 @@ def build_slack(
         waiters.notify(request_id)
         dispatcher.kick()
 
-    clicks = ClickProcessor(engine=engine, client=client, directory=directory, after_commit=after_commit)
+    step_up = StepUpLinks(issuer=oidc.issuer, public_url=settings.public_url) if oidc is not None else None
+    clicks = ClickProcessor(
+        engine=engine, client=client, directory=directory, after_commit=after_commit, step_up=step_up
+    )
     delivery = SlackDelivery(engine=engine, client=client, directory=directory, metrics=metrics)
     dispatcher.register(SLACK_NOTIFY, delivery.notify)
     dispatcher.register(SLACK_POST, delivery.post)
