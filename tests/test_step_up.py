@@ -23,7 +23,7 @@ from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
 from tests.conftest import TEST_POLICIES
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, Login, TestIdP
-from tests.slack_helpers import SlackApi, block_actions, slack_service
+from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 from tests.test_service_startup import free_port
 
 MFA_POLICIES = (
@@ -462,3 +462,25 @@ async def test_end_to_end_against_a_third_party_provider(database_url: str) -> N
             assert decision.mfa["iss"] == issuer and decision.mfa["sub"] == "provider-coo"
             assert decision.mfa["amr"] == ["pwd", "hwk"]
             assert (await api.final(request_id))["status"] == "approved"
+
+
+async def test_a_reject_with_its_reason_waits_for_the_step_up_too(m: Mfa) -> None:
+    m.idp.next_login = COO
+    request_id = await _request(m)
+    assert m.api.fake is not None
+    await _click(m, request_id, choice="reject_request")
+    [opened] = await m.api.fake.wait_for_calls("views.open", 1)
+    resp = await m.api.slack(
+        view_submission(opened.params["view"]["private_metadata"], "Over budget", user="U01COO")
+    )
+    assert resp.status == 200
+    [prompt] = await m.api.fake.wait_for_calls("chat.postEphemeral", 1)
+    [button] = [e for b in prompt.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert "rejection" in prompt.params["text"]
+    assert (await (await m.api.get(f"/v1/requests/{request_id}")).json())["status"] == "pending"
+    status, page = await _sign_in(m, button["url"])
+    assert status == 200 and "rejected" in page
+    view = await m.api.final(request_id)
+    assert (view["status"], view["reason"]) == ("rejected", "Over budget")
+    [decision] = await _decisions(m, request_id)
+    assert decision.decision == "reject" and decision.mfa["sub"] == COO.sub
