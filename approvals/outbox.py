@@ -75,6 +75,7 @@ async def claim_due(
             outbox.c.dedupe_key,
             outbox.c.payload,
             outbox.c.attempts,
+            outbox.c.updated_at,
         )
         .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, outbox.c.kind.in_(kinds))
         .order_by(outbox.c.next_attempt_at, outbox.c.id)
@@ -85,6 +86,8 @@ async def claim_due(
     rows = (await conn.execute(query)).all()
     claimed = []
     for row in rows:
+        if row.attempts > 0:
+            await _record_interrupted(conn, row)
         await conn.execute(
             update(outbox)
             .where(outbox.c.id == row.id)
@@ -94,6 +97,33 @@ async def claim_due(
             Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
         )
     return claimed
+
+
+async def _record_interrupted(conn: AsyncConnection, row: Any) -> None:
+    """A lease that ran out with no result recorded: the process making that attempt stopped mid-way.
+
+    It is written when the row is taken again, so the attempt shows in the API and the chain as
+    `interrupted` instead of vanishing; the hot path pays nothing for it.
+    """
+    settled = (
+        await conn.execute(
+            select(delivery_attempts.c.id).where(
+                delivery_attempts.c.outbox_id == row.id, delivery_attempts.c.attempt == row.attempts
+            )
+        )
+    ).first()
+    if settled is None:
+        await conn.execute(
+            delivery_attempts.insert().values(
+                outbox_id=row.id,
+                request_id=row.request_id,
+                kind=row.kind,
+                attempt=row.attempts,
+                started_at=row.updated_at,
+                result="interrupted",
+                error="the process making this attempt stopped before recording its result",
+            )
+        )
 
 
 async def settle(

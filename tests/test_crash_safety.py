@@ -351,7 +351,7 @@ async def test_a_callback_cut_off_by_the_crash_is_delivered_again_with_the_same_
         [row] = await crash.outbox_rows(request_id, CALLBACK)
         assert (row.status, row.attempts) == ("pending", 1)
 
-        await crash.start()
+        second = await crash.start()
 
         async def second_delivery() -> bool:
             return len(hook.received) >= 2
@@ -368,7 +368,13 @@ async def test_a_callback_cut_off_by_the_crash_is_delivered_again_with_the_same_
     assert [json.loads(b)["data"]["id"] for b in (body1, body2)] == [request_id, request_id]
     assert json.loads(body2)["type"] == "request.approved"
     attempts = await crash.rows(delivery_attempts, delivery_attempts.c.request_id == request_id)
-    assert [(a.kind, a.attempt, a.result) for a in attempts] == [(CALLBACK, 2, "delivered")]
+    # The cut-off attempt is not lost from the record: it shows as interrupted, then the delivery.
+    assert [(a.kind, a.attempt, a.result) for a in attempts] == [
+        (CALLBACK, 1, "interrupted"),
+        (CALLBACK, 2, "delivered"),
+    ]
+    view = await crash.view(second, key, request_id)
+    assert [a["result"] for a in view["deliveries"]] == ["interrupted", "delivered"]
 
 
 # -- (d) the click is acknowledged to Slack, not decided yet ---------------------------------------------
