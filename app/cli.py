@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.bootstrap import StartupError
 from app.cli_audit import audit, keys
 from app.cli_identities import identities
+from app.cli_retention import retention
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
 from app.database import build_engine
 from app.logs import configure_logging
@@ -216,6 +217,7 @@ def agents_revoke(name: str, as_json: bool) -> None:
 
 main.add_command(audit)
 main.add_command(keys)
+main.add_command(retention)
 main.add_command(identities)
 
 

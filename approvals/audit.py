@@ -8,13 +8,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.tables import audit_events, chain_heads
 
 GENESIS_HASH = "0" * 64
+# A retention purge holds this advisory lock exclusively; verification holds it shared, so it never
+# reads the log half-way through a purge (PostgreSQL; SQLite serialises transactions anyway).
+PURGE_LOCK_ID = 0x41505247
 _INSERT_EVENT = audit_events.insert()
 
 
@@ -201,6 +204,8 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
 
     A chain whose events were deleted entirely but whose head row remains is reported too.
     """
+    if is_postgres(conn):
+        await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
     heads = {row.chain_id: (row.seq, row.hash) for row in await conn.execute(select(chain_heads))}
     result = await conn.stream(
         select(audit_events)

@@ -4,6 +4,12 @@ Each checkpoint covers the events with ids after the previous checkpoint's last 
 carries a running hash (SHA-256 over the previous running hash and each covered event's hash), the
 counts, and a signature by the service's checkpoint key. Signing is passed in: the domain stays free
 of key handling.
+
+A retention purge (approvals/retention.py) removes old request chains but never a checkpoint: it keeps
+each removed event's id and hash in `audit_purged_events`, bound by a purge record signed with the same
+key. Verification recomputes every running hash over the surviving events plus those recorded hashes,
+so a checkpoint signed (or exported) before a purge still verifies exactly, while an event removed any
+other way is still missing from the count.
 """
 
 from __future__ import annotations
@@ -14,17 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.audit import GENESIS_HASH, canonical_json, format_time
-from approvals.db import db_now
-from approvals.tables import audit_checkpoints, audit_events
+from approvals.audit import GENESIS_HASH, PURGE_LOCK_ID, canonical_json, format_time
+from approvals.db import db_now, is_postgres
+from approvals.tables import audit_checkpoints, audit_events, audit_purged_events, audit_purges
 
 # Events younger than this are left for the next checkpoint: a transaction still in flight may hold
 # a lower id than one already committed, and must not be skipped for ever.
 DEFAULT_LAG = dt.timedelta(seconds=30)
 CHECKPOINT_LOCK_ID = 0x41434B50
+# DESIGN section 6: retention is at least 365 days. Verification holds every purge record to it too,
+# so even a purge run with a bad setting (or a forged one) cannot pass for a legitimate one.
+MIN_RETENTION = dt.timedelta(days=365)
+RETENTION_CHAIN = "retention"
+PURGE_EVENT_KIND = "retention_purged"
 
 Signer = Callable[[bytes], str]
 Verifier = Callable[[bytes, str], bool]
@@ -61,6 +72,32 @@ async def _running_hash(conn: AsyncConnection, start: str, after_id: int, up_to_
     async for row in result:
         running, count = _advance(running, row.hash), count + 1
     return running, count
+
+
+async def _running_hash_with_purged(
+    conn: AsyncConnection, start: str, after_id: int, up_to_id: int
+) -> tuple[str, int, int | None]:
+    """The running hash over surviving events and purged events' recorded hashes, merged in id order.
+
+    One statement, so a purge committing meanwhile is seen entirely or not at all. The third value is
+    the first id found in both tables (a purge record claiming an event that is still there), if any.
+    """
+    live = select(audit_events.c.id.label("id"), audit_events.c.hash.label("hash")).where(
+        audit_events.c.id > after_id, audit_events.c.id <= up_to_id
+    )
+    purged = select(
+        audit_purged_events.c.event_id.label("id"), audit_purged_events.c.hash.label("hash")
+    ).where(audit_purged_events.c.event_id > after_id, audit_purged_events.c.event_id <= up_to_id)
+    merged = union_all(live, purged)
+    running, count, previous_id = start, 0, None
+    result = await conn.stream(
+        merged.order_by(merged.selected_columns.id).execution_options(yield_per=10_000)
+    )
+    async for row in result:
+        if row.id == previous_id:
+            return running, count, int(row.id)
+        running, count, previous_id = _advance(running, row.hash), count + 1, row.id
+    return running, count, None
 
 
 async def create_checkpoint(
@@ -124,12 +161,18 @@ async def verify_checkpoints(
 
     `exported` is a checkpoint kept outside the database: the stored one must be identical to it.
     """
+    if is_postgres(conn):
+        # A purge deletes events and records their hashes in one transaction; while we read, it waits.
+        await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
     rows = [
         dict(r)
         for r in (
             await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.number))
         ).mappings()
     ]
+    purge_problem = await verify_purges(conn, verify=verify, checkpoints=rows)
+    if purge_problem is not None:
+        return len(rows), purge_problem
     running, after_id, total = GENESIS_HASH, 0, 0
     for expected_number, row in enumerate(rows, start=1):
         number = int(row["number"])
@@ -141,7 +184,13 @@ async def verify_checkpoints(
             )
         if int(row["first_event_id"]) != after_id:
             return len(rows), CheckpointProblem(number, "does not continue from the previous checkpoint")
-        recomputed, count = await _running_hash(conn, running, after_id, int(row["last_event_id"]))
+        recomputed, count, both = await _running_hash_with_purged(
+            conn, running, after_id, int(row["last_event_id"])
+        )
+        if both is not None:
+            return len(rows), CheckpointProblem(
+                number, f"event {both} is recorded as purged but is still in the log"
+            )
         total += count
         if count != int(row["event_count"]) or total != int(row["total_events"]):
             return len(rows), CheckpointProblem(
@@ -165,3 +214,113 @@ async def verify_checkpoints(
                 number, "the database's checkpoint differs from the exported one (swapped)"
             )
     return len(rows), None
+
+
+def purge_body(row: Any) -> bytes:
+    """The exact bytes of a purge record that are signed; `type` keeps them apart from checkpoints'."""
+    return canonical_json(
+        {
+            "type": "audit_purge",
+            "number": row["number"],
+            "purged_at": format_time(row["purged_at"]),
+            "boundary": format_time(row["boundary"]),
+            "retention_days": row["retention_days"],
+            "checkpoint_number": row["checkpoint_number"],
+            "last_event_id": row["last_event_id"],
+            "chain_count": row["chain_count"],
+            "event_count": row["event_count"],
+            "digest": row["digest"],
+            "key_id": row["key_id"],
+        }
+    )
+
+
+def purged_event_line(event_id: int, chain_id: str, seq: int, created_at: dt.datetime, digest: str) -> bytes:
+    """One purged event as it enters a purge record's digest (the lines are hashed in id order)."""
+    return canonical_json([event_id, chain_id, seq, format_time(created_at), digest]) + b"\n"
+
+
+async def verify_purges(
+    conn: AsyncConnection, *, verify: Verifier, checkpoints: list[dict[str, Any]]
+) -> CheckpointProblem | None:
+    """Check every purge record: signed, numbered without gaps, old enough, and matching what it kept.
+
+    For each record: the signature; the boundary at least MIN_RETENTION before the purge; the
+    checkpoint it relied on exists, predates it and ends where it says; its kept (id, hash) rows
+    reproduce its digest and counts, lie within that checkpoint, are older than the boundary and
+    are whole chains (seq 1..n); and the `retention` chain holds its event with the same digest.
+    A problem is reported under the number of the checkpoint the purge relied on.
+    """
+    purges = [
+        dict(r) for r in (await conn.execute(select(audit_purges).order_by(audit_purges.c.number))).mappings()
+    ]
+    if not purges:
+        return None
+    by_number = {int(c["number"]): c for c in checkpoints}
+    announced: dict[int, Any] = {}
+    for event in await conn.execute(
+        select(audit_events.c.data).where(
+            audit_events.c.chain_id == RETENTION_CHAIN, audit_events.c.kind == PURGE_EVENT_KIND
+        )
+    ):
+        # Read defensively: this runs before the chains are checked, on data that may be tampered.
+        if isinstance(event.data, dict) and isinstance(event.data.get("purge"), int):
+            announced[event.data["purge"]] = event.data.get("digest")
+    for expected_number, purge in enumerate(purges, start=1):
+        number, at = int(purge["number"]), int(purge["checkpoint_number"])
+
+        def problem(text: str, number: int = number, at: int = at) -> CheckpointProblem:
+            return CheckpointProblem(at, f"purge {number}: {text}")
+
+        if number != expected_number:
+            return problem(f"purge record {expected_number} is missing")
+        if not verify(purge_body(purge), purge["signature"]):
+            return problem("signature does not verify (forged or altered purge record)")
+        retention = dt.timedelta(days=int(purge["retention_days"]))
+        if retention < MIN_RETENTION or purge["boundary"] > purge["purged_at"] - retention:
+            return problem(
+                f"its boundary is less than its retention ({retention.days} days, at least "
+                f"{MIN_RETENTION.days}) before the purge"
+            )
+        covering = by_number.get(at)
+        if covering is None or int(covering["last_event_id"]) != int(purge["last_event_id"]):
+            return problem(f"the checkpoint it relied on ({at}) is missing or different")
+        if covering["created_at"] > purge["purged_at"]:
+            return problem(f"the checkpoint it relied on ({at}) was signed after the purge")
+        if announced.get(number) != purge["digest"]:
+            return problem(f"its event in the {RETENTION_CHAIN!r} chain is missing or different")
+        found = await _check_purged_events(conn, purge)
+        if found is not None:
+            return problem(found)
+    return None
+
+
+async def _check_purged_events(conn: AsyncConnection, purge: dict[str, Any]) -> str | None:
+    """Recompute a purge record's digest and counts from the (id, hash) rows it kept."""
+    hasher, count = hashlib.sha256(), 0
+    seqs: dict[str, list[int]] = {}
+    result = await conn.stream(
+        select(audit_purged_events)
+        .where(audit_purged_events.c.purge_number == purge["number"])
+        .order_by(audit_purged_events.c.event_id)
+        .execution_options(yield_per=10_000)
+    )
+    async for row in result:
+        if row.event_id > purge["last_event_id"]:
+            return f"event {row.event_id} was not under a signed checkpoint when purged"
+        if row.created_at >= purge["boundary"]:
+            return f"event {row.event_id} is younger than the purge boundary"
+        hasher.update(purged_event_line(row.event_id, row.chain_id, row.seq, row.created_at, row.hash))
+        seqs.setdefault(row.chain_id, []).append(row.seq)
+        count += 1
+    if count != int(purge["event_count"]) or len(seqs) != int(purge["chain_count"]):
+        return (
+            f"it recorded {purge['event_count']} events of {purge['chain_count']} chains; "
+            f"{count} events of {len(seqs)} chains are kept"
+        )
+    if hasher.hexdigest() != purge["digest"]:
+        return "the purged events' recorded hashes were changed"
+    for chain_id, numbers in seqs.items():
+        if sorted(numbers) != list(range(1, len(numbers) + 1)):
+            return f"chain {chain_id} was not purged whole"
+    return None

@@ -221,7 +221,7 @@ delivery_attempts = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("latency_ms", Integer),
     Column("status_code", Integer),
-    Column("result", String(16), nullable=False),  # delivered | retry | failed | gone
+    Column("result", String(16), nullable=False),  # delivered | retry | failed | gone | interrupted
     Column("error", Text),
     Index("ix_delivery_attempts_request_id", "request_id"),
 )
@@ -286,3 +286,40 @@ step_ups = Table(
     Column("auth_time", UTCDateTime, nullable=False),
     Column("verified_at", UTCDateTime, nullable=False),
 )
+
+audit_purges = Table(
+    "audit_purges",
+    metadata,
+    # One signed record per retention purge: the boundary, what it removed, and a digest binding the
+    # removed events' recorded hashes, so checkpoints over purged events still recompute.
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("purged_at", UTCDateTime, nullable=False),
+    Column("boundary", UTCDateTime, nullable=False),  # every purged event is older than this
+    Column("retention_days", Integer, nullable=False),
+    Column("checkpoint_number", Integer, nullable=False),  # the signed checkpoint covering them all
+    Column("last_event_id", BigId, nullable=False),  # that checkpoint's last event id
+    Column("chain_count", Integer, nullable=False),
+    Column("event_count", BigId, nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 over the purged events' lines, id order
+    Column("key_id", String(64), nullable=False),
+    Column("signature", Text, nullable=False),
+)
+
+audit_purged_events = Table(
+    "audit_purged_events",
+    metadata,
+    # What is left of a purged event: its place and its hash (not its content), enough for the
+    # checkpoint that covered it to be recomputed and for an auditor to see exactly what went.
+    Column("event_id", BigId, primary_key=True, autoincrement=False),
+    Column("purge_number", Integer, ForeignKey("audit_purges.number"), nullable=False),
+    Column("chain_id", String(80), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_purged_events_purge_number", "purge_number"),
+)
+
+# The purge deletes a request's outbox rows and clicks by request id; without these it would scan
+# both tables (which keep every finished row) once per batch.
+Index("ix_outbox_request_id", outbox.c.request_id)
+Index("ix_slack_clicks_request_id", slack_clicks.c.request_id)
