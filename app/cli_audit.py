@@ -12,6 +12,7 @@ from typing import IO, Any
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.audit_report import render_report
 from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl, parse_time
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
@@ -22,6 +23,7 @@ from approvals.auditors import NewKey, add_auditor_key
 from approvals.chains import count_chains, iter_chains
 from approvals.checkpoints import CheckpointProblem, create_checkpoint, latest_checkpoint, verify_checkpoints
 from approvals.errors import DomainError
+from approvals.report_data import SAMPLE_SIZE, ReportData, gather_report, read_only_snapshot
 
 
 @click.group()
@@ -200,6 +202,60 @@ def audit_events(
         for r in rows
     ]
     print_result(rows, as_json, "\n".join(lines) if lines else "no events")
+
+
+def _report_time(value: str | None, option: str) -> dt.datetime:
+    """A required --from/--to: a date (midnight UTC) or an ISO 8601 date-time (UTC unless it says)."""
+    if not value:
+        fail(f"error: {option} is required: a date (YYYY-MM-DD) or an ISO 8601 date-time")
+    try:
+        parsed = parse_time(value, option)
+    except DomainError:
+        fail(f"error: {option} {value!r} is neither a date (YYYY-MM-DD) nor an ISO 8601 date-time")
+    assert parsed is not None  # parse_time returns None only for an empty value, handled above
+    return parsed
+
+
+@audit.command("report")
+@click.option("--from", "created_from", help="Date (YYYY-MM-DD) or ISO 8601 date-time, inclusive.")
+@click.option("--to", "created_to", help="Date (YYYY-MM-DD) or ISO 8601 date-time, exclusive.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="The HTML file to write.")
+@click.option(
+    "--sample",
+    "sample_size",
+    type=click.IntRange(0, 200),
+    default=SAMPLE_SIZE,
+    show_default=True,
+    help="How many chains to show with their full timelines.",
+)
+def audit_report(
+    created_from: str | None, created_to: str | None, out: Path | None, sample_size: int
+) -> None:
+    """Write a self-contained HTML report on the requests created in [--from, --to) (exit 1 if the log is broken)."""
+    # Required options are checked here rather than by click, so a mistake is one line, not a usage block.
+    start, end = _report_time(created_from, "--from"), _report_time(created_to, "--to")
+    if start >= end:
+        fail(f"error: --from ({start.isoformat()}) must be before --to ({end.isoformat()})")
+    if out is None:
+        fail("error: --out is required: the HTML file to write")
+    key = _key()
+
+    async def work(conn: AsyncConnection) -> ReportData:
+        await read_only_snapshot(conn)
+        return await gather_report(conn, start=start, end=end, verify=key.verify, sample_size=sample_size)
+
+    data = in_transaction(work)
+    try:
+        out.write_text(render_report(data), encoding="utf-8")
+    except OSError as exc:
+        fail(f"error: cannot write {out}: {exc.strerror}", 1)
+    verification = data.verification
+    click.echo(
+        f"report written to {out}: {data.population} requests, {len(data.sample)} sample chains; "
+        f"verification {verification.summary}"
+    )
+    if not verification.ok:
+        sys.exit(1)
 
 
 @click.group()
