@@ -52,10 +52,14 @@ class Container:
     slack: SlackRuntime | None = None
     oidc: OidcProvider | None = None
 
-    def committed(self, request_id: str) -> None:
-        """After a commit that changed a request: wake its long-pollers, deliver its outbox rows now."""
+    def committed(self, request_id: str, enqueued: frozenset[str] | None = None) -> None:
+        """After a commit that changed a request: wake its long-pollers, deliver its outbox rows now.
+
+        `enqueued` (when the caller knows it) names the outbox kinds the commit queued: a dispatcher
+        with no handler for any of them is not woken for a sweep that could deliver nothing.
+        """
         self.waiters.notify(request_id)
-        self.dispatcher.kick()
+        self.dispatcher.kick(enqueued)
 
 
 async def prepare_database(engine: AsyncEngine, settings: Settings) -> None:

@@ -75,9 +75,9 @@ class OutboxDispatcher:
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
-    def kick(self) -> None:
-        """Deliver what is due now, in the background (called after a commit)."""
-        if not self._handlers:
+    def kick(self, kinds: frozenset[str] | None = None) -> None:
+        """Deliver what is due now, in the background (called after a commit that queued `kinds`)."""
+        if not self._handlers or (kinds is not None and kinds.isdisjoint(self._handlers)):
             return
         self._wake.set()
         if self._loop_task is None or self._loop_task.done():

@@ -3,33 +3,58 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.db import db_now, is_postgres
 from approvals.tables import slack_clicks
 
 
-async def store_click(
-    conn: AsyncConnection, *, dedupe_key: str, request_id: str, payload: dict[str, Any]
-) -> int | None:
-    """Keep a click; None when the same interaction (a Slack retry or replay) is already kept."""
+@dataclass(frozen=True)
+class NewClick:
+    dedupe_key: str
+    request_id: str
+    payload: dict[str, Any]
+
+
+async def store_clicks(conn: AsyncConnection, clicks: list[NewClick]) -> list[int | None]:
+    """Keep several clicks in one statement; for each, its id, or None when it was already kept.
+
+    A key seen twice in the batch counts once: the later copy is a retry of the earlier one.
+    """
     now = await db_now(conn)
-    row = await insert_ignoring_conflict(
-        conn,
-        slack_clicks,
-        {
-            "dedupe_key": dedupe_key,
-            "request_id": request_id,
-            "payload": payload,
-            "status": "pending",
-            "attempts": 0,
-            "created_at": now,
-        },
+    first: dict[str, int] = {}
+    rows = []
+    for index, click in enumerate(clicks):
+        if click.dedupe_key in first:
+            continue
+        first[click.dedupe_key] = index
+        rows.append(
+            {
+                "dedupe_key": click.dedupe_key,
+                "request_id": click.request_id,
+                "payload": click.payload,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+            }
+        )
+    insert = postgresql.insert if is_postgres(conn) else sqlite.insert
+    stmt = (
+        insert(slack_clicks)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[slack_clicks.c.dedupe_key])
+        .returning(slack_clicks.c.id, slack_clicks.c.dedupe_key)
     )
-    return None if row is None else int(row.id)
+    kept = {row.dedupe_key: int(row.id) for row in await conn.execute(stmt)}
+    return [
+        kept.get(click.dedupe_key) if first[click.dedupe_key] == index else None
+        for index, click in enumerate(clicks)
+    ]
 
 
 async def read_click(conn: AsyncConnection, click_id: int) -> Any:

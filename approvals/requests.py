@@ -65,6 +65,8 @@ class Created:
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
+    # Outbox kinds this transaction queued: the caller wakes a dispatcher only for work it can do.
+    enqueued: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,11 @@ async def create_request(
             )
             .values(request_id=request_id, response_status=201, response_body=view)
         )
-    return Created(201, view)
+    if final:
+        enqueued = frozenset({CALLBACK} if new.callback_url else set())
+    else:
+        enqueued = frozenset({SLACK_NOTIFY})
+    return Created(201, view, enqueued=enqueued)
 
 
 async def replay_idempotent(

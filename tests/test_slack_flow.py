@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from approvals.tables import audit_events, decisions
+from approvals.tables import audit_events, decisions, slack_clicks
 from tests.conftest import offer
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 
@@ -337,3 +337,36 @@ async def test_app_home_shows_the_same_list_when_opened(slack: SlackApi) -> None
     [published] = await slack.fake.wait_for_calls("views.publish", 1)
     assert published.params["user_id"] == "U01COO"
     assert "Send offer letter to J. Doe" in json.dumps(published.params["view"])
+
+
+async def test_a_burst_of_clicks_is_stored_in_shared_writes_and_each_counts_once(slack: SlackApi) -> None:
+    """Clicks arriving together share transactions (group commit); a retry inside the same batch is
+    still recognised, and every stored click is decided."""
+    ids = [(await (await slack.post("/v1/requests", offer())).json())["id"] for _ in range(6)]
+    assert slack.fake is not None
+    await slack.fake.wait_for_calls("chat.postMessage", len(ids))
+    clicks = [
+        block_actions(request_id, "approve_request", user="U01COO", action_ts=f"1700000200.{n:06d}")
+        for n, request_id in enumerate(ids)
+    ]
+    inserts: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.startswith("INSERT INTO slack_clicks"):
+            inserts.append(len(params) if isinstance(params, list) else 1)
+
+    engine = slack.container.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        # Each click twice, all at once: Slack retries (or a double-submit) racing the original.
+        answers = await asyncio.gather(*(slack.slack(click) for click in clicks + clicks))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(inserts) < 2 * len(clicks)  # some writes carried several clicks
+    assert {a.status for a in answers} == {200}
+    for request_id in ids:
+        assert (await slack.final(request_id))["status"] == "approved"
+        assert await _decision_count(slack, request_id) == 1
+    async with slack.container.engine.connect() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(slack_clicks))).scalar_one()
+    assert stored == len(ids)

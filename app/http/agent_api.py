@@ -77,7 +77,7 @@ async def post_request(request: web.Request) -> web.Response:
         if isinstance(result, DomainError):
             raise result
         container.metrics.requests_created.labels(result.body["status"]).inc()
-        container.committed(result.body["id"])
+        container.committed(result.body["id"], result.enqueued)
         return _created_response(result)
     raise HttpError(
         409,
