@@ -74,59 +74,22 @@ async def append_events(
     events: list[NewEvent],
     *,
     now: dt.datetime | None = None,
-    new_chain: bool = False,
 ) -> AppendedEvent:
-    """Append events to a chain in order. Appends to one chain are ordered by a lock on its head row only.
-
-    `new_chain` is for a chain the caller has just created (a new request): no head to lock or read.
-    """
-    if new_chain:
-        seq, prev_hash = 0, GENESIS_HASH
-    else:
-        await insert_ignoring_conflict(
-            conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH}
-        )
-        head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
-        if is_postgres(conn):
-            head_query = head_query.with_for_update()
-        head = (await conn.execute(head_query)).one()
-        seq, prev_hash = head.seq, head.hash
+    """Append events to a chain in order. Appends to one chain are ordered by a lock on its head row only."""
+    await insert_ignoring_conflict(conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH})
+    head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
+    if is_postgres(conn):
+        head_query = head_query.with_for_update()
+    head = (await conn.execute(head_query)).one()
     created_at = now or await db_now(conn)
-    rows = []
-    for event in events:
-        seq += 1
-        # Round-trip through JSON so the hash covers exactly what the database will give back.
-        data = json.loads(canonical_json(event.data))
-        digest = event_hash(
-            chain_id=chain_id,
-            seq=seq,
-            kind=event.kind,
-            actor=event.actor,
-            data=data,
-            created_at=created_at,
-            prev_hash=prev_hash,
-        )
-        rows.append(
-            {
-                "chain_id": chain_id,
-                "seq": seq,
-                "kind": event.kind,
-                "actor": event.actor,
-                "data": data,
-                "created_at": created_at,
-                "prev_hash": prev_hash,
-                "hash": digest,
-            }
-        )
-        prev_hash = digest
+    rows, new_head = chain_rows(chain_id, events, created_at, seq=head.seq, prev_hash=head.hash)
     await conn.execute(_INSERT_EVENT, rows)
-    if new_chain:
-        await conn.execute(chain_heads.insert(), {"chain_id": chain_id, "seq": seq, "hash": prev_hash})
-    else:
-        await conn.execute(
-            update(chain_heads).where(chain_heads.c.chain_id == chain_id).values(seq=seq, hash=prev_hash)
-        )
-    return AppendedEvent(chain_id=chain_id, seq=seq, hash=prev_hash)
+    await conn.execute(
+        update(chain_heads)
+        .where(chain_heads.c.chain_id == chain_id)
+        .values(seq=new_head["seq"], hash=new_head["hash"])
+    )
+    return AppendedEvent(chain_id=chain_id, seq=new_head["seq"], hash=new_head["hash"])
 
 
 async def append_event(
@@ -242,3 +205,45 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
             first_break = ChainBreak(chain_id, 1, "the whole chain was removed")
             break
     return VerifyReport(chains=chains, events=events, first_break=first_break)
+
+
+def chain_rows(
+    chain_id: str,
+    events: list[NewEvent],
+    created_at: dt.datetime,
+    *,
+    seq: int = 0,
+    prev_hash: str = GENESIS_HASH,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of `events` linked after (seq, prev_hash), and the chain's new head row.
+
+    The defaults start a new chain: callers creating one insert its rows and head without a lock.
+    """
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        seq += 1
+        # Round-trip through JSON so the hash covers exactly what the database will give back.
+        data = json.loads(canonical_json(event.data))
+        digest = event_hash(
+            chain_id=chain_id,
+            seq=seq,
+            kind=event.kind,
+            actor=event.actor,
+            data=data,
+            created_at=created_at,
+            prev_hash=prev_hash,
+        )
+        rows.append(
+            {
+                "chain_id": chain_id,
+                "seq": seq,
+                "kind": event.kind,
+                "actor": event.actor,
+                "data": data,
+                "created_at": created_at,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    return rows, {"chain_id": chain_id, "seq": seq, "hash": prev_hash}

@@ -29,22 +29,25 @@ async def enqueue(
 ) -> bool:
     """Queue one delivery in the caller's transaction; False when that delivery was already queued."""
     now = now or await db_now(conn)
-    inserted = await insert_ignoring_conflict(
-        conn,
-        outbox,
-        {
-            "kind": kind,
-            "dedupe_key": dedupe_key,
-            "request_id": request_id,
-            "payload": payload,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    return inserted is not None
+    row = outbox_row(kind=kind, dedupe_key=dedupe_key, request_id=request_id, payload=payload, now=now)
+    return await insert_ignoring_conflict(conn, outbox, row) is not None
+
+
+def outbox_row(
+    *, kind: str, dedupe_key: str, request_id: str | None, payload: dict[str, Any], now: dt.datetime
+) -> dict[str, Any]:
+    """A delivery due now, as a row (for callers that insert it together with other rows)."""
+    return {
+        "kind": kind,
+        "dedupe_key": dedupe_key,
+        "request_id": request_id,
+        "payload": payload,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 @dataclass(frozen=True)
