@@ -18,6 +18,7 @@ class FakeSlackWithSocket(FakeSlack):
     def __init__(self) -> None:
         super().__init__()
         self.sockets: list[web.WebSocketResponse] = []
+        self.silenced: set[web.WebSocketResponse] = set()
         self.acks: dict[str, dict[str, Any]] = {}
         self.connections = 0
         self._ids = itertools.count(1)
@@ -49,7 +50,8 @@ class FakeSlackWithSocket(FakeSlack):
         return {**super()._handlers(), "apps.connections.open": lambda _: {"ok": True, "url": self._ws_url}}
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True)
+        # Pings are answered by hand, so that a socket can be made to go silent without closing.
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         await ws.send_json(
             {
@@ -64,6 +66,12 @@ class FakeSlackWithSocket(FakeSlack):
             self.connections += 1
             self._connected.notify_all()
         async for message in ws:
+            if message.type == WSMsgType.PING:
+                if ws not in self.silenced:
+                    await ws.pong(message.data)
+                continue
+            if ws in self.silenced:
+                continue
             if message.type == WSMsgType.TEXT:
                 body = json.loads(message.data)
                 async with self._acked:
@@ -93,6 +101,12 @@ class FakeSlackWithSocket(FakeSlack):
 
         await asyncio.wait_for(acked(), timeout)
         return self.acks[envelope_id]
+
+    def silence_newest(self) -> web.WebSocketResponse:
+        """The connection stays open but nothing answers on it any more (no pongs, no acks)."""
+        ws = self.sockets[-1]
+        self.silenced.add(ws)
+        return ws
 
     async def drop_newest(self) -> None:
         """The connection goes away under the app, as Slack's sometimes do."""

@@ -62,3 +62,18 @@ async def test_a_dropped_socket_is_replaced_and_keeps_working(
         assert len(fake.calls_to("apps.connections.open")) >= 2
         view = await _approve_over_socket(api, fake)
     assert view["status"] == "approved"
+
+
+async def test_a_socket_that_goes_silent_is_replaced_and_keeps_working(
+    socket_api: tuple[Api, FakeSlackWithSocket],
+) -> None:
+    """Open but mute (no pongs, no envelopes): the stall the watchdog exists for."""
+    api, fake = socket_api
+    assert api.container.slack is not None
+    async with socket_mode(api.container.slack.bolt, "xapp-test", check_every=0.2, ping_interval=0.3):
+        await fake.wait_connections(1)
+        mute = fake.silence_newest()
+        await fake.wait_connections(2, timeout=15)
+        assert fake.sockets[-1] is not mute
+        view = await _approve_over_socket(api, fake)
+    assert view["status"] == "approved"

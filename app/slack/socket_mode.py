@@ -16,14 +16,22 @@ from slack_bolt.async_app import AsyncApp
 
 log = structlog.get_logger("approvals.slack")
 WATCHDOG_SECONDS = 30.0
+PING_SECONDS = 10.0
 
 
 @contextlib.asynccontextmanager
 async def socket_mode(
-    bolt: AsyncApp, app_token: str, *, check_every: float = WATCHDOG_SECONDS
+    bolt: AsyncApp,
+    app_token: str,
+    *,
+    check_every: float = WATCHDOG_SECONDS,
+    ping_interval: float = PING_SECONDS,
 ) -> AsyncIterator[None]:
-    """Connect for the lifetime of the block, reconnecting whenever the socket is found dead."""
-    handler = AsyncSocketModeHandler(bolt, app_token)
+    """Connect for the lifetime of the block, reconnecting whenever the socket is found dead.
+
+    A socket that stays open but goes silent (no pong for a few `ping_interval`s) counts as dead.
+    """
+    handler = AsyncSocketModeHandler(bolt, app_token, ping_interval=ping_interval)
     await handler.connect_async()  # type: ignore[no-untyped-call]
     log.info("slack_socket_mode_connected")
 
