@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,3 +266,26 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, without blocking the event loop the service under test runs on
+    (a blocking run would deadlock SQLite against the service's open transaction)."""
+    env = {
+        **os.environ,
+        "APPROVALS_DATABASE_URL": database_url,
+        "APPROVALS_AUTO_MIGRATE": "false",
+        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
+    }
+    env.pop("APPROVALS_RETENTION_DAYS", None)  # the default, 400 days
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())

@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,7 +27,7 @@ from approvals.decisions import Click, Clicker, Refused, record_click
 from approvals.report_data import decision_histogram, gather_report, read_only_snapshot
 from approvals.requests import expire_due_requests
 from approvals.tables import requests
-from tests.conftest import TEST_CHECKPOINT_KEY, Api, offer
+from tests.conftest import Api, offer, run_cli
 
 REQUIRE_CHROMIUM = os.environ.get("APPROVALS_TEST_REQUIRE_CHROMIUM") == "1"
 # Agent text meant to run if it were pasted into the page unescaped; each would mark the document.
@@ -135,27 +134,6 @@ class Dom(HTMLParser):
 
     def with_class(self, name: str) -> list[Element]:
         return [e for e in self.elements if name in e.attrs.get("class", "").split()]
-
-
-async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a subprocess, without blocking the event loop the service under test runs on."""
-    env = {
-        **os.environ,
-        "APPROVALS_DATABASE_URL": database_url,
-        "APPROVALS_AUTO_MIGRATE": "false",
-        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
 
 
 def period() -> tuple[str, str]:

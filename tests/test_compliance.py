@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +13,7 @@ from sqlalchemy import text
 
 from approvals.auditors import add_auditor_key
 from approvals.decisions import Click, Clicker, record_click
-from tests.conftest import TEST_CHECKPOINT_KEY, Api, offer
+from tests.conftest import Api, offer, run_cli
 
 
 async def _auditor_key(api: Api) -> str:
@@ -141,41 +137,20 @@ async def test_bad_filters_are_422(api: Api, query: str) -> None:
     assert (await api.get(f"/v1/audit/chains?{query}", key=auditor)).status == 422
 
 
-async def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI without blocking the event loop: the service under test keeps running meanwhile."""
-    env = {
-        **os.environ,
-        "APPROVALS_DATABASE_URL": database_url,
-        "APPROVALS_AUTO_MIGRATE": "false",
-        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
-
-
 async def test_cli_keys_export_and_verify(api: Api, database_url: str, tmp_path: Path) -> None:
     ids = await _seed(api)
-    added = await _cli(database_url, "keys", "add", "auditor-1", "--role", "auditor", "--json")
+    added = await run_cli(database_url, "keys", "add", "auditor-1", "--role", "auditor", "--json")
     assert added.returncode == 0, added.stderr
     key = json.loads(added.stdout)
     assert key["api_key"].startswith("apa_")
     out = tmp_path / "chains.jsonl"
-    exported = await _cli(
+    exported = await run_cli(
         database_url, "audit", "export", "--status", "approved", "--format", "jsonl", "--out", str(out)
     )
     assert exported.returncode == 0, exported.stderr
     assert "population: 2 chains" in exported.stderr
     assert {json.loads(line)["id"] for line in out.read_text().splitlines()} == {ids["human"], ids["allowed"]}
-    verified = await _cli(database_url, "audit", "verify", "--json")
+    verified = await run_cli(database_url, "audit", "verify", "--json")
     assert verified.returncode == 0, verified.stderr
     report = json.loads(verified.stdout)
     assert report["ok"] is True
@@ -203,7 +178,7 @@ async def test_verify_names_the_first_broken_link(api: Api, database_url: str, t
             )  # a superuser bypassing the trigger
         for statement in statements:
             await conn.execute(text(statement), {"c": target})
-    result = await _cli(database_url, "audit", "verify", "--json")
+    result = await run_cli(database_url, "audit", "verify", "--json")
     assert result.returncode == 1
     broken = json.loads(result.stdout)["first_break"]
     assert broken["chain_id"] == target
@@ -218,12 +193,12 @@ async def test_verify_names_the_first_broken_link(api: Api, database_url: str, t
 async def test_refused_actions_and_policy_history_are_one_command_each(api: Api, database_url: str) -> None:
     narrow = await api.add_agent("narrow-bot", ["read_*"])
     assert (await api.post("/v1/requests", offer(), key=narrow)).status == 403
-    refused = await _cli(database_url, "audit", "events", "--kind", "action_refused", "--json")
+    refused = await run_cli(database_url, "audit", "events", "--kind", "action_refused", "--json")
     assert refused.returncode == 0, refused.stderr
     [event] = json.loads(refused.stdout)
     assert event["data"]["action"] == "send_offer_letter"
     assert event["actor"] == "agent:narrow-bot"
-    history = await _cli(database_url, "policies", "versions", "--json")
+    history = await run_cli(database_url, "policies", "versions", "--json")
     [version] = json.loads(history.stdout)
     assert version["version"] == api.container.policies.version
     assert version["sha256"] == api.container.policies.sha256
@@ -239,16 +214,16 @@ async def _superuser(conn: Any) -> None:
 
 async def test_signed_checkpoints_catch_a_chain_removed_with_its_head(api: Api, database_url: str) -> None:
     ids = await _seed(api)
-    made = await _cli(database_url, "audit", "checkpoint", "--json")
+    made = await run_cli(database_url, "audit", "checkpoint", "--json")
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["number"] == 1
-    clean = json.loads((await _cli(database_url, "audit", "verify", "--json")).stdout)
+    clean = json.loads((await run_cli(database_url, "audit", "verify", "--json")).stdout)
     assert (clean["ok"], clean["checkpoints"]) == (True, 1)
     async with api.container.engine.begin() as conn:
         await _superuser(conn)
         await conn.execute(text("DELETE FROM audit_events WHERE chain_id = :c"), {"c": ids["denied"]})
         await conn.execute(text("DELETE FROM chain_heads WHERE chain_id = :c"), {"c": ids["denied"]})
-    result = await _cli(database_url, "audit", "verify", "--json")
+    result = await run_cli(database_url, "audit", "verify", "--json")
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert "first_break" not in report  # every remaining chain is internally consistent...
@@ -258,10 +233,10 @@ async def test_signed_checkpoints_catch_a_chain_removed_with_its_head(api: Api, 
 
 async def test_a_forged_checkpoint_fails_its_signature(api: Api, database_url: str) -> None:
     await _seed(api)
-    await _cli(database_url, "audit", "checkpoint")
+    await run_cli(database_url, "audit", "checkpoint")
     async with api.container.engine.begin() as conn:
         await conn.execute(text("UPDATE audit_checkpoints SET total_events = total_events - 1"))
-    report = json.loads((await _cli(database_url, "audit", "verify", "--json")).stdout)
+    report = json.loads((await run_cli(database_url, "audit", "verify", "--json")).stdout)
     assert report["checkpoint_problem"]["problem"].startswith("signature does not verify")
 
 
@@ -270,15 +245,15 @@ async def test_a_swapped_checkpoint_differs_from_the_exported_one(
 ) -> None:
     ids = await _seed(api)
     exported = tmp_path / "checkpoint.json"
-    assert (await _cli(database_url, "audit", "checkpoint", "--export", str(exported))).returncode == 0
+    assert (await run_cli(database_url, "audit", "checkpoint", "--export", str(exported))).returncode == 0
     # Someone with the database and the key rewrites history and re-signs it from scratch.
     async with api.container.engine.begin() as conn:
         await _superuser(conn)
         await conn.execute(text("DELETE FROM audit_events WHERE chain_id = :c"), {"c": ids["denied"]})
         await conn.execute(text("DELETE FROM chain_heads WHERE chain_id = :c"), {"c": ids["denied"]})
         await conn.execute(text("DELETE FROM audit_checkpoints"))
-    await _cli(database_url, "audit", "checkpoint")
-    assert (await _cli(database_url, "audit", "verify")).returncode == 0  # internally consistent again
-    result = await _cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
+    await run_cli(database_url, "audit", "checkpoint")
+    assert (await run_cli(database_url, "audit", "verify")).returncode == 0  # internally consistent again
+    result = await run_cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
     assert result.returncode == 1
     assert "differs from the exported one" in json.loads(result.stdout)["checkpoint_problem"]["problem"]

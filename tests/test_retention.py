@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,7 +40,7 @@ from approvals.tables import (
     slack_messages,
     step_up_intents,
 )
-from tests.conftest import TEST_CHECKPOINT_KEY, Api, offer
+from tests.conftest import Api, offer, run_cli
 
 RETENTION_DAYS = 400
 OLD = dt.timedelta(days=500)
@@ -165,7 +162,7 @@ async def _old_request(
         ]
         if final:
             events.append(NewEvent(f"request_{status}", "slack:U01COO", {"decided_by": "human"}))
-        await append_events(conn, rid, events, now=at, new_chain=True)
+        await append_events(conn, rid, events, now=at)
     return rid
 
 
@@ -213,28 +210,6 @@ async def _count(api: Api, table: Any, *where: Any) -> int:
 async def _request_ids(api: Api) -> set[str]:
     async with api.container.engine.connect() as conn:
         return {r.id for r in await conn.execute(select(requests.c.id))}
-
-
-async def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess, without blocking the loop (a blocking run deadlocks SQLite)."""
-    env = {
-        **os.environ,
-        "APPROVALS_DATABASE_URL": database_url,
-        "APPROVALS_AUTO_MIGRATE": "false",
-        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
-    }
-    env.pop("APPROVALS_RETENTION_DAYS", None)  # the default, 400 days
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
 
 
 async def test_purge_removes_only_old_final_checkpointed_chains(api: Api) -> None:
@@ -289,17 +264,17 @@ async def test_verify_passes_after_a_cli_purge_against_a_checkpoint_exported_bef
     old = [await _old_request(api), await _old_request(api, status="rejected")]
     young = (await (await api.post("/v1/requests", offer())).json())["id"]
     exported = tmp_path / "checkpoint.json"
-    made = await _cli(database_url, "audit", "checkpoint", "--export", str(exported))
+    made = await run_cli(database_url, "audit", "checkpoint", "--export", str(exported))
     assert made.returncode == 0, made.stderr
 
-    result = await _cli(database_url, "retention", "purge", "--json")
+    result = await run_cli(database_url, "retention", "purge", "--json")
 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["requests"], report["chains"], report["purges"], report["dry_run"]) == (2, 2, [1], False)
     assert report["retention_days"] == RETENTION_DAYS
     assert await _request_ids(api) == {young}
-    verified = await _cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
+    verified = await run_cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["ok"] is True
     assert await _count(api, audit_events, audit_events.c.chain_id.in_(old)) == 0
@@ -311,7 +286,7 @@ async def test_dry_run_removes_nothing_and_a_second_purge_is_a_no_op(api: Api, d
     await _checkpoint(api)
     before = (await _request_ids(api), await _count(api, audit_events))
 
-    dry = await _cli(database_url, "retention", "purge", "--dry-run", "--json")
+    dry = await run_cli(database_url, "retention", "purge", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
     assert (report["dry_run"], report["requests"], report["purges"], report["kept"]) == (True, 1, [], 0)
@@ -319,11 +294,11 @@ async def test_dry_run_removes_nothing_and_a_second_purge_is_a_no_op(api: Api, d
     assert (await _request_ids(api), await _count(api, audit_events)) == before
     assert await _count(api, audit_purges) == 0
 
-    first = await _cli(database_url, "retention", "purge")
+    first = await run_cli(database_url, "retention", "purge")
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("purged 1 requests (1 audit chains, 3 events)")
     after_first = (await _request_ids(api), await _count(api, audit_events))
-    second = json.loads((await _cli(database_url, "retention", "purge", "--json")).stdout)
+    second = json.loads((await run_cli(database_url, "retention", "purge", "--json")).stdout)
     assert (second["requests"], second["events"], second["purges"]) == (0, 0, [])
     assert (await _request_ids(api), await _count(api, audit_events)) == after_first
     assert await _count(api, audit_purges) == 1
@@ -359,7 +334,7 @@ async def test_a_tampered_old_chain_is_kept_as_evidence(api: Api, database_url: 
             .where(audit_events.c.chain_id == tampered, audit_events.c.seq == 2)
             .values(actor="mallory")
         )
-    result = await _cli(database_url, "retention", "purge")
+    result = await run_cli(database_url, "retention", "purge")
     assert result.returncode == 1, result.stderr
     assert f"WARNING: 1 chains do not verify and were kept as evidence: {tampered}" in result.stdout
     assert await _request_ids(api) == {tampered}

@@ -7,9 +7,6 @@ tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +18,7 @@ from sqlalchemy import func, select, update
 
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
-from tests.conftest import TEST_POLICIES
+from tests.conftest import TEST_POLICIES, run_cli
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, Login, TestIdP
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 from tests.test_service_startup import free_port
@@ -396,20 +393,11 @@ async def test_someone_who_may_not_decide_is_refused_before_any_step_up(m: Mfa) 
 async def test_identities_cli_lists_and_unlinks_and_both_are_audited(m: Mfa) -> None:
     m.idp.next_login = COO
     assert (await _sign_in(m, await _held_link(m, await _request(m))))[0] == 200
-    env = {**os.environ, "APPROVALS_DATABASE_URL": m.api.container.settings.database_url}
+    url = m.api.container.settings.database_url
 
     async def cli(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app.cli",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        return int(proc.returncode or 0), (out + err).decode()
+        result = await run_cli(url, *args)
+        return result.returncode, result.stdout + result.stderr
 
     code, out = await cli("identities", "list", "--json")
     assert code == 0 and COO.sub in out and "U01COO" in out
