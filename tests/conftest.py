@@ -218,7 +218,11 @@ async def start_service(database_url: str, **overrides: Any) -> tuple[Container,
     settings = make_settings(database_url, **overrides)
     container = await build_container(settings, loaded=parse_policies(policies_text, "test-policies.yml"))
     server = TestServer(build_app(container, run_scheduler=run_scheduler), port=port)
-    await server.start_server()
+    try:
+        await server.start_server()
+    except BaseException:
+        await container.engine.dispose()
+        raise
     return container, server
 
 

@@ -7,6 +7,7 @@ tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,22 +51,40 @@ class Mfa:
     browser: ClientSession
 
 
-@pytest.fixture
-async def m(database_url: str) -> AsyncIterator[Mfa]:
-    async with TestIdP() as idp:
+@contextlib.asynccontextmanager
+async def mfa_service(database_url: str, issuer: str, client_id: str, secret: str) -> AsyncIterator[SlackApi]:
+    """The service with Slack and an IdP. Its public URL names its port, chosen before it listens: a
+    port taken meanwhile by another test process is retried with another."""
+    for attempt in range(5):
         port = free_port()
-        async for api in slack_service(
+        service = slack_service(
             database_url,
             policies_text=MFA_POLICIES,
             server_port=port,
             public_url=f"http://127.0.0.1:{port}",
-            oidc_issuer=idp.issuer,
-            oidc_client_id=CLIENT_ID,
-            oidc_client_secret=CLIENT_SECRET,
-        ):
-            api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer"])
-            async with ClientSession() as browser:
-                yield Mfa(api, idp, browser)
+            oidc_issuer=issuer,
+            oidc_client_id=client_id,
+            oidc_client_secret=secret,
+        )
+        try:
+            api = await anext(service)
+        except OSError:
+            if attempt == 4:
+                raise
+            continue
+        try:
+            yield api
+        finally:
+            await service.aclose()
+        return
+
+
+@pytest.fixture
+async def m(database_url: str) -> AsyncIterator[Mfa]:
+    async with TestIdP() as idp, mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api:
+        api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer"])
+        async with ClientSession() as browser:
+            yield Mfa(api, idp, browser)
 
 
 async def _request(m: Mfa, action: str = "approve_payroll") -> str:
@@ -418,16 +437,7 @@ async def test_end_to_end_against_a_third_party_provider(database_url: str) -> N
 
     with run_server_in_thread() as server:
         issuer = f"http://localhost:{server.server_port}"
-        port = free_port()
-        async for api in slack_service(
-            database_url,
-            policies_text=MFA_POLICIES,
-            server_port=port,
-            public_url=f"http://127.0.0.1:{port}",
-            oidc_issuer=issuer,
-            oidc_client_id="approvals",
-            oidc_client_secret="any-secret",
-        ):
+        async with mfa_service(database_url, issuer, "approvals", "any-secret") as api:
             api.key = await api.add_agent("payroll-bot", ["approve_payroll"])
             async with ClientSession() as browser:
                 claims = {"email": "coo@example.com", "email_verified": True, "amr": ["pwd", "hwk"]}
