@@ -7,6 +7,7 @@ tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -96,7 +97,14 @@ async def _request(m: Mfa, action: str = "approve_payroll") -> str:
     }
     resp = await m.api.post("/v1/requests", body)
     assert resp.status == 201, await resp.text()
-    return str((await resp.json())["id"])
+    request_id = str((await resp.json())["id"])
+    # The card is out before anyone clicks it, as in Slack: the card updates below then have a message.
+    deadline = time.monotonic() + 10
+    while not await m.api.posted(request_id):
+        assert time.monotonic() < deadline, "the card was never posted"
+        await m.api.container.dispatcher.run_until_idle()
+        await asyncio.sleep(0.02)
+    return request_id
 
 
 async def _click(m: Mfa, request_id: str, user: str = "U01COO", choice: str = "approve_request") -> None:
