@@ -109,5 +109,9 @@ def csv_text(rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
+# Built once: json.dumps with these arguments builds an encoder per call (same output).
+_JSONL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def jsonl(chain: dict[str, Any]) -> str:
-    return json.dumps(chain, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return _JSONL.encode(chain) + "\n"

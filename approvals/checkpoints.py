@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 
 from approvals.audit import GENESIS_HASH, PURGE_LOCK_ID, canonical_json, format_time
 from approvals.db import db_now, is_postgres
@@ -69,9 +69,22 @@ async def _running_hash(conn: AsyncConnection, start: str, after_id: int, up_to_
         .order_by(audit_events.c.id)
         .execution_options(yield_per=10_000)
     )
-    async for row in result:
-        running, count = _advance(running, row.hash), count + 1
+    async for partition in result.partitions():
+        for row in partition:
+            running, count = _advance(running, row.hash), count + 1
     return running, count
+
+
+def _merged_hashes(after_id: int, up_to_id: int) -> Any:
+    """(id, hash) of surviving events and purged events' recorded hashes in (after_id, up_to_id], in id order."""
+    live = select(audit_events.c.id.label("id"), audit_events.c.hash.label("hash")).where(
+        audit_events.c.id > after_id, audit_events.c.id <= up_to_id
+    )
+    purged = select(
+        audit_purged_events.c.event_id.label("id"), audit_purged_events.c.hash.label("hash")
+    ).where(audit_purged_events.c.event_id > after_id, audit_purged_events.c.event_id <= up_to_id)
+    merged = union_all(live, purged)
+    return merged.order_by(merged.selected_columns.id).execution_options(yield_per=10_000)
 
 
 async def _running_hash_with_purged(
@@ -82,22 +95,54 @@ async def _running_hash_with_purged(
     One statement, so a purge committing meanwhile is seen entirely or not at all. The third value is
     the first id found in both tables (a purge record claiming an event that is still there), if any.
     """
-    live = select(audit_events.c.id.label("id"), audit_events.c.hash.label("hash")).where(
-        audit_events.c.id > after_id, audit_events.c.id <= up_to_id
-    )
-    purged = select(
-        audit_purged_events.c.event_id.label("id"), audit_purged_events.c.hash.label("hash")
-    ).where(audit_purged_events.c.event_id > after_id, audit_purged_events.c.event_id <= up_to_id)
-    merged = union_all(live, purged)
-    running, count, previous_id = start, 0, None
-    result = await conn.stream(
-        merged.order_by(merged.selected_columns.id).execution_options(yield_per=10_000)
-    )
-    async for row in result:
-        if row.id == previous_id:
-            return running, count, int(row.id)
-        running, count, previous_id = _advance(running, row.hash), count + 1, row.id
-    return running, count, None
+    result = await conn.stream(_merged_hashes(after_id, up_to_id))
+    try:
+        return await _MergedHashes(result).running_hash(start, up_to_id)
+    finally:
+        await result.close()
+
+
+class _MergedHashes:
+    """A cursor over _merged_hashes rows that hands them out checkpoint by checkpoint."""
+
+    def __init__(self, result: AsyncResult[Any]) -> None:
+        self._partitions: AsyncIterator[Sequence[Any]] = result.partitions().__aiter__()
+        self._rows: Sequence[Any] = ()
+        self._at = 0
+
+    async def running_hash(self, running: str, up_to_id: int) -> tuple[str, int, int | None]:
+        """Advance `running` over the next rows with ids up to `up_to_id`: (hash, count, id in both)."""
+        count, previous_id = 0, None
+        sha256 = hashlib.sha256
+        while True:
+            rows = self._rows
+            for index in range(self._at, len(rows)):
+                row_id, digest = rows[index]
+                if row_id > up_to_id:
+                    self._at = index  # where the next checkpoint's range starts
+                    return running, count, None
+                if row_id == previous_id:
+                    self._at = index
+                    return running, count, int(row_id)
+                running = sha256((running + digest).encode()).hexdigest()
+                count, previous_id = count + 1, row_id
+            try:
+                self._rows, self._at = await self._partitions.__anext__(), 0
+            except StopAsyncIteration:
+                self._rows, self._at = (), 0
+                return running, count, None
+
+
+def _one_pass(rows: list[dict[str, Any]]) -> bool:
+    """True when checkpoints 1..n cover consecutive id ranges from 0 (as they always should): then one
+    ordered read of the log serves them all, instead of one query per checkpoint."""
+    after_id = 0
+    for number, row in enumerate(rows, start=1):
+        first, last = int(row["first_event_id"]), int(row["last_event_id"])
+        if int(row["number"]) != number or first != after_id or last < first:
+            return False
+        after_id = last
+    return True
 
 
 async def create_checkpoint(
@@ -173,6 +218,27 @@ async def verify_checkpoints(
     purge_problem = await verify_purges(conn, verify=verify, checkpoints=rows)
     if purge_problem is not None:
         return len(rows), purge_problem
+    # Normally one statement reads every covered event for all checkpoints (a purge committing
+    # meanwhile is seen entirely or not at all); checkpoints that do not follow one another (forged,
+    # or rows removed) are checked one range at a time, as they come.
+    result = None
+    if rows and _one_pass(rows):
+        result = await conn.stream(_merged_hashes(0, int(rows[-1]["last_event_id"])))
+    try:
+        return await _check_checkpoints(conn, rows, verify, exported, result)
+    finally:
+        if result is not None:
+            await result.close()
+
+
+async def _check_checkpoints(
+    conn: AsyncConnection,
+    rows: list[dict[str, Any]],
+    verify: Verifier,
+    exported: dict[str, Any] | None,
+    result: AsyncResult[Any] | None,
+) -> tuple[int, CheckpointProblem | None]:
+    merged = _MergedHashes(result) if result is not None else None
     running, after_id, total = GENESIS_HASH, 0, 0
     for expected_number, row in enumerate(rows, start=1):
         number = int(row["number"])
@@ -184,9 +250,12 @@ async def verify_checkpoints(
             )
         if int(row["first_event_id"]) != after_id:
             return len(rows), CheckpointProblem(number, "does not continue from the previous checkpoint")
-        recomputed, count, both = await _running_hash_with_purged(
-            conn, running, after_id, int(row["last_event_id"])
-        )
+        if merged is not None:
+            recomputed, count, both = await merged.running_hash(running, int(row["last_event_id"]))
+        else:
+            recomputed, count, both = await _running_hash_with_purged(
+                conn, running, after_id, int(row["last_event_id"])
+            )
         if both is not None:
             return len(rows), CheckpointProblem(
                 number, f"event {both} is recorded as purged but is still in the log"

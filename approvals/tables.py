@@ -323,3 +323,11 @@ audit_purged_events = Table(
 # both tables (which keep every finished row) once per batch.
 Index("ix_outbox_request_id", outbox.c.request_id)
 Index("ix_slack_clicks_request_id", slack_clicks.c.request_id)
+
+# Compliance queries (GET /v1/audit/chains, `approvals audit export`, migration 0006): each filter has
+# an index that also gives the export order (created_at, id); approvers are found by id or email.
+Index("ix_requests_created_at_id", requests.c.created_at, requests.c.id)
+Index("ix_requests_policy_name_created_at", requests.c.policy_name, requests.c.created_at, requests.c.id)
+Index("ix_requests_status_created_at", requests.c.status, requests.c.created_at, requests.c.id)
+Index("ix_decisions_approver_id", decisions.c.approver_id, decisions.c.request_id)
+Index("ix_decisions_approver_email", decisions.c.approver_email, decisions.c.request_id)
