@@ -1,8 +1,12 @@
 """Human decisions: a click, authorised at click time against the request's policy rule, recorded once.
 
-The adapter (Slack) supplies who clicked, as Slack knows them at that moment, and whether they are in
-one of the rule's user groups; everything else (pending, approver list, self-approval, quorum) is
-decided here, in one transaction, with the request row locked.
+The adapter (Slack) supplies who clicked, as Slack knows them at that moment, and which of the rule's
+user groups they are in; everything else (pending, approver list, self-approval, quorum) is decided
+here, in one transaction, with the request row locked.
+
+Every `decision_recorded` and `click_refused` event says on what basis the clicker was an approver:
+`"authorised_as": {"user": <listed in the rule's users>, "usergroups": [<the rule's groups they were in>]}`,
+membership as Slack reported it at click time. Both empty/false on a `not_approver` refusal.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ class Clicker:
     team_id: str | None
     name: str | None
     email: str | None
-    in_approver_group: bool = False
+    # The rule's user groups (ids as the rule names them) Slack listed this person in at click time.
+    approver_groups: tuple[str, ...] = ()
+
+
+# Stands in for the groups of a click held for step-up by a version that recorded only "in some group".
+MEMBERSHIP_NOT_RECORDED = "(membership not recorded)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,16 @@ def approver_ids(rule: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     return users + list(escalation.get("users", [])), groups + list(escalation.get("usergroups", []))
 
 
+def authorised_as(clicker: Clicker, rule: dict[str, Any] | None) -> dict[str, Any]:
+    """On what basis the clicker was an approver at click time, for the audit record.
+
+    `user`: named in the rule's users (escalation included); `usergroups`: the rule's groups Slack listed
+    them in when they clicked (MEMBERSHIP_NOT_RECORDED for a click held by a version that kept no list).
+    """
+    users, _groups = approver_ids(rule)
+    return {"user": clicker.user_id in users, "usergroups": list(clicker.approver_groups)}
+
+
 def _is_self(click: Click, on_behalf_of: str) -> bool:
     principal = on_behalf_of.strip().casefold()
     return bool(principal) and principal in {
@@ -114,25 +133,31 @@ async def check_click(conn: AsyncConnection, click: Click, request: Any) -> Refu
         refusal = "not_pending"
     elif previous is not None:
         refusal = "already_decided"
-    elif click.clicker.user_id not in users and not click.clicker.in_approver_group:
+    elif click.clicker.user_id not in users and not click.clicker.approver_groups:
         refusal = "not_approver"
     elif _is_self(click, request.on_behalf_of) and not (request.policy_rule or {}).get("allow_self_approval"):
         refusal = "self_approval"
     if refusal is None:
         return None
-    return await refuse(conn, click, refusal, request.status)
+    return await refuse(conn, click, refusal, request)
 
 
-async def refuse(conn: AsyncConnection, click: Click, reason: RefusalReason, status: str) -> Refused:
-    """Audit a refused click with its reason."""
+async def refuse(conn: AsyncConnection, click: Click, reason: RefusalReason, request: Any) -> Refused:
+    """Audit a refused click with its reason (`request`: its row, as `lock_request` gave it)."""
     await append_event(
         conn,
         chain_id=click.request_id,
         kind="click_refused",
         actor=f"slack:{click.clicker.user_id}",
-        data={**_identity(click), "choice": click.choice, "reason": reason, "status": status},
+        data={
+            **_identity(click),
+            "authorised_as": authorised_as(click.clicker, request.policy_rule),
+            "choice": click.choice,
+            "reason": reason,
+            "status": request.status,
+        },
     )
-    return Refused(reason=reason, status=status)
+    return Refused(reason=reason, status=request.status)
 
 
 async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refused | Duplicate:
@@ -169,6 +194,7 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
         actor=f"slack:{click.clicker.user_id}",
         data={
             **_identity(click),
+            "authorised_as": authorised_as(click.clicker, request.policy_rule),
             "choice": click.choice,
             "reason": click.reason,
             "policy_version": request.policy_version_id,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from approvals.audit import append_event
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres, iso_utc
 from approvals.decisions import (
+    MEMBERSHIP_NOT_RECORDED,
     Click,
     Clicker,
     Duplicate,
@@ -282,7 +283,7 @@ async def complete_step_up(
     row = await _lock_intent(conn, step_up_intents.c.id == intent_id)
     if row is None or row.status != "verifying":
         return StepUpFailure("replayed", "this sign-in was already used")
-    clicker = Clicker(**row.click["clicker"])
+    clicker = _clicker_of(row.click)
     failure = await _bind_identity(conn, row, clicker, login)
     if failure is not None:
         return failure
@@ -342,6 +343,11 @@ async def unlink_identity(conn: AsyncConnection, slack_user_id: str, *, actor: s
 
 
 def _click_record(click: Click) -> dict[str, Any]:
+    """The held click as stored on its intent, so the callback decides on what Slack said at click time.
+
+    `approver_groups` sits beside `clicker`, which keeps the older shape (with its `in_approver_group`
+    flag) so that a version reading only that shape can still finish the intent.
+    """
     c = click.clicker
     return {
         "clicker": {
@@ -349,10 +355,28 @@ def _click_record(click: Click) -> dict[str, Any]:
             "team_id": c.team_id,
             "name": c.name,
             "email": c.email,
-            "in_approver_group": c.in_approver_group,
+            "in_approver_group": bool(c.approver_groups),
         },
+        "approver_groups": list(c.approver_groups),
         "action_ts": click.action_ts,
     }
+
+
+def _clicker_of(record: dict[str, Any]) -> Clicker:
+    """The clicker of a stored click. An intent held by an older version says only whether they were in
+    one of the rule's groups, not which: then the groups are MEMBERSHIP_NOT_RECORDED, never a guess."""
+    stored = record["clicker"]
+    if "approver_groups" in record:
+        groups = tuple(str(group) for group in record["approver_groups"])
+    else:
+        groups = (MEMBERSHIP_NOT_RECORDED,) if stored.get("in_approver_group") else ()
+    return Clicker(
+        user_id=stored["user_id"],
+        team_id=stored.get("team_id"),
+        name=stored.get("name"),
+        email=stored.get("email"),
+        approver_groups=groups,
+    )
 
 
 async def _lock_intent(conn: AsyncConnection, where: Any) -> Any:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
+from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, slack_clicks
-from tests.conftest import offer
+from tests.conftest import TEST_POLICIES, offer
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 
 
@@ -104,6 +105,8 @@ async def test_approve_records_the_decision_with_identity_and_updates_the_card(s
     assert (update.params["channel"], update.params["ts"]) == (message.channel, message.ts)
     assert _buttons(update.params["blocks"]) == []
     assert "U01COO" in json.dumps(update.params["blocks"])
+    [recorded] = await _events(slack, request_id, "decision_recorded")
+    assert recorded["authorised_as"] == {"user": True, "usergroups": []}
 
 
 async def test_reject_opens_a_modal_and_records_the_reason(slack: SlackApi) -> None:
@@ -138,7 +141,9 @@ async def test_a_non_approver_is_told_and_the_refusal_is_audited(slack: SlackApi
     [ephemeral] = await slack.fake.wait_for_calls("chat.postEphemeral", 1)
     assert ephemeral.params["user"] == "U03CEO"
     assert "not an approver" in ephemeral.params["text"]
-    assert [e["reason"] for e in await _events(slack, request_id, "click_refused")] == ["not_approver"]
+    [refused] = await _events(slack, request_id, "click_refused")
+    assert refused["reason"] == "not_approver"
+    assert refused["authorised_as"] == {"user": False, "usergroups": []}
     assert (await (await slack.get(f"/v1/requests/{request_id}")).json())["status"] == "pending"
 
 
@@ -157,6 +162,54 @@ async def test_a_usergroup_member_can_approve(slack: SlackApi) -> None:
     assert (await slack.final(created["id"]))["status"] == "approved"
     assert slack.fake is not None
     assert [c.params["usergroup"] for c in slack.fake.calls_to("usergroups.users.list")] == ["S0FINANCE"]
+
+
+async def _chain_event(slack: SlackApi, request_id: str, kind: str) -> dict[str, Any]:
+    """The one event of that kind in the chain, as an auditor reads it from GET /v1/audit/chains/{id}."""
+    async with slack.container.engine.begin() as conn:
+        auditor = (await add_auditor_key(conn, name="auditor")).api_key
+    chain = await (await slack.get(f"/v1/audit/chains/{request_id}", key=auditor)).json()
+    [found] = [e["data"] for e in chain["events"] if e["kind"] == kind]
+    return dict(found)
+
+
+async def test_the_chain_names_the_usergroup_that_made_a_member_an_approver(slack: SlackApi) -> None:
+    created = await (await slack.post("/v1/requests", offer(action="approve_invoice"))).json()
+    await slack.slack(block_actions(created["id"], "approve_request", user="U07FIN", channel="C0FIN"))
+    assert (await slack.final(created["id"]))["status"] == "approved"
+    recorded = await _chain_event(slack, created["id"], "decision_recorded")
+    assert recorded["user_id"] == "U07FIN"
+    assert recorded["authorised_as"] == {"user": False, "usergroups": ["S0FINANCE"]}
+
+
+BUDGET_POLICY = """
+  - action: approve_budget
+    decision: require_approval
+    approvers: {users: [U01COO], usergroups: [S0FINANCE, S0EXEC, S0OPS]}
+    channel: C0FIN
+    expires_in: 1h
+"""
+
+
+async def test_every_basis_is_recorded_and_each_group_is_asked_once(database_url: str) -> None:
+    """Named directly and in two of three groups: all of it is recorded; membership comes from the same
+    cached usergroups.users.list answers (one call per group), not one call per click."""
+    async for slack in slack_service(database_url, policies_text=TEST_POLICIES + BUDGET_POLICY):
+        assert slack.fake is not None
+        slack.fake.usergroups |= {"S0EXEC": ["U01COO"], "S0OPS": ["U07FIN", "U01COO"]}
+        slack.key = await slack.add_agent("budget-bot", ["approve_budget"])
+        body = offer(action="approve_budget", title="Q3 budget")
+        first, second = [(await (await slack.post("/v1/requests", body)).json())["id"] for _ in range(2)]
+        await slack.slack(block_actions(first, "approve_request", user="U01COO", channel="C0FIN"))
+        assert (await slack.final(first))["status"] == "approved"
+        await slack.slack(block_actions(second, "approve_request", user="U07FIN", channel="C0FIN"))
+        assert (await slack.final(second))["status"] == "approved"
+        [by_coo] = await _events(slack, first, "decision_recorded")
+        assert by_coo["authorised_as"] == {"user": True, "usergroups": ["S0EXEC", "S0OPS"]}
+        [by_fin] = await _events(slack, second, "decision_recorded")
+        assert by_fin["authorised_as"] == {"user": False, "usergroups": ["S0FINANCE", "S0OPS"]}
+        asked = [c.params["usergroup"] for c in slack.fake.calls_to("usergroups.users.list")]
+        assert sorted(asked) == ["S0EXEC", "S0FINANCE", "S0OPS"]
 
 
 async def test_two_of_two_quorum_needs_two_distinct_approvers(slack: SlackApi) -> None:

@@ -40,6 +40,12 @@ MFA_POLICIES = (
     channel: C0PAY
     expires_in: 1h
     mfa: {required: true, max_age: 0, amr: [hwk], acr: ["urn:okta:loa:2fa:any"]}
+  - action: approve_bonus
+    decision: require_approval
+    approvers: {usergroups: [S0PAYROLL]}
+    channel: C0PAY
+    expires_in: 1h
+    mfa: {required: true, max_age: 600, amr: [otp, hwk, mfa]}
 """
 )
 COO = Login(sub="okta|coo", email="coo@example.com")
@@ -83,7 +89,7 @@ async def mfa_service(database_url: str, issuer: str, client_id: str, secret: st
 @pytest.fixture
 async def m(database_url: str) -> AsyncIterator[Mfa]:
     async with TestIdP() as idp, mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api:
-        api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer"])
+        api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer", "approve_bonus"])
         async with ClientSession() as browser:
             yield Mfa(api, idp, browser)
 
@@ -490,3 +496,31 @@ async def test_a_reject_with_its_reason_waits_for_the_step_up_too(m: Mfa) -> Non
     assert (view["status"], view["reason"]) == ("rejected", "Over budget")
     [decision] = await _decisions(m, request_id)
     assert decision.decision == "reject" and decision.mfa["sub"] == COO.sub
+
+
+@pytest.mark.parametrize("stored_by", ["this_version", "older_version"])
+async def test_a_held_click_keeps_the_usergroups_that_made_the_clicker_an_approver(
+    m: Mfa, stored_by: str
+) -> None:
+    """The groups Slack listed at click time go through the intent to the decision record. An intent
+    held by an older version knew only "in some group": that is recorded as such, not guessed."""
+    assert m.api.fake is not None
+    m.api.fake.usergroups["S0PAYROLL"] = ["U01COO"]
+    m.idp.next_login = COO
+    request_id = await _request(m, "approve_bonus")
+    url = await _held_link(m, request_id)
+    async with m.api.container.engine.begin() as conn:
+        [held] = (await conn.execute(select(step_up_intents.c.id, step_up_intents.c.click))).all()
+        assert held.click["approver_groups"] == ["S0PAYROLL"]
+        assert held.click["clicker"]["in_approver_group"] is True
+        if stored_by == "older_version":
+            old = {"clicker": held.click["clicker"], "action_ts": held.click["action_ts"]}
+            await conn.execute(
+                update(step_up_intents).where(step_up_intents.c.id == held.id).values(click=old)
+            )
+    m.api.fake.usergroups["S0PAYROLL"] = []  # left the group after clicking: the click-time answer counts
+    status, page = await _sign_in(m, url)
+    assert status == 200 and "approved" in page, page
+    [recorded] = await _events(m, request_id, "decision_recorded")
+    groups = ["S0PAYROLL"] if stored_by == "this_version" else ["(membership not recorded)"]
+    assert recorded["authorised_as"] == {"user": False, "usergroups": groups}

@@ -186,7 +186,7 @@ class ClickProcessor:
         if self._step_up is None:
             # Only a request judged under an older policy file can get here: never decide without MFA.
             request = await lock_request(conn, click.request_id)
-            return await refuse(conn, click, "mfa_unavailable", request.status)
+            return await refuse(conn, click, "mfa_unavailable", request)
         now = await db_now(conn)
         evidence = await fresh_evidence(conn, click.clicker.user_id, requirement, self._step_up.issuer, now)
         if evidence is not None:

@@ -46,10 +46,23 @@ class SlackDirectory:
         return people
 
     async def in_any_group(self, user_id: str, groups: list[str]) -> bool:
+        """Whether the user is in one of the groups: stops at the first that has them."""
         for group in groups:
             if user_id in await self.group_members(group):
                 return True
         return False
+
+    async def groups_of(self, user_id: str, groups: list[str]) -> tuple[str, ...]:
+        """Which of the groups have the user, in the rule's order, each once.
+
+        Every group is looked at (the audit names them all), through the same cache as `in_any_group`:
+        one usergroups.users.list per group at most every GROUP_CACHE_SECONDS.
+        """
+        found = []
+        for group in dict.fromkeys(groups):
+            if user_id in await self.group_members(group):
+                found.append(group)
+        return tuple(found)
 
     async def user(self, user_id: str) -> dict[str, Any]:
         cached = self._users.get(user_id)
@@ -61,7 +74,7 @@ class SlackDirectory:
         return user
 
     async def clicker(self, user_id: str, team_id: str | None, groups: list[str]) -> Clicker:
-        """The clicker's identity at click time: name and email from Slack, group membership resolved."""
+        """The clicker's identity at click time: name and email from Slack, and which of `groups` have them."""
         user = await self.user(user_id)
         profile = user.get("profile") or {}
         return Clicker(
@@ -69,5 +82,5 @@ class SlackDirectory:
             team_id=team_id or user.get("team_id"),
             name=user.get("real_name") or profile.get("real_name") or user.get("name"),
             email=profile.get("email"),
-            in_approver_group=await self.in_any_group(user_id, groups),
+            approver_groups=await self.groups_of(user_id, groups),
         )
