@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.config import Settings
 from app.database import build_engine
-from app.delivery.callbacks import CallbackDelivery
+from app.delivery.callbacks import CALLBACK_CONCURRENCY, CallbackDelivery
 from app.dispatcher import OutboxDispatcher
 from app.http.auth import PrincipalCache
 from app.metrics import Metrics
@@ -131,10 +131,11 @@ async def build_container(
         checkpoint_key=checkpoint_key,
         oidc=build_oidc(settings),
     )
+    callbacks = CallbackDelivery(engine=engine, allow=container.allow_list, metrics=container.metrics)
     container.dispatcher.register(
-        CALLBACK,
-        CallbackDelivery(engine=engine, allow=container.allow_list, metrics=container.metrics).deliver,
+        CALLBACK, callbacks.deliver, concurrency=CALLBACK_CONCURRENCY, prepare=callbacks.prepare
     )
+    container.dispatcher.on_close(callbacks.close)
     if settings.slack_enabled:
         from app.slack.runtime import build_slack
 

@@ -18,12 +18,14 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.failpoints import failpoint, outbox_lease
-from approvals.outbox import Claimed, claim_due, settle
+from approvals.outbox import Attempt, Claimed, claim_due, settle_many
 
 log = structlog.get_logger("approvals.outbox")
 
 LEASE = dt.timedelta(seconds=60)
 BATCH = 50
+# Deliveries of one kind in flight at once, unless register() says otherwise. Slack's kinds keep it
+# low (rate limits); agent callbacks, which wait on other people's servers, register more.
 DELIVERY_CONCURRENCY = 4
 DEBOUNCE_SECONDS = 0.005
 
@@ -41,6 +43,9 @@ class Settlement:
 
 
 Handler = Callable[[Claimed], Awaitable[Settlement]]
+# Called with a leased batch's rows of one kind before they are delivered: a handler can read what
+# they all need at once. Optional; a failure is logged and the handler then reads for itself.
+Preparer = Callable[[list[Claimed]], Awaitable[None]]
 
 
 def backoff(attempt: int, *, cap: float = 300.0) -> float:
@@ -63,13 +68,33 @@ class OutboxDispatcher:
         # overrides the default (see app/failpoints.py).
         self._lease = lease if lease is not None else outbox_lease(LEASE)
         self._handlers: dict[str, Handler] = {}
+        self._concurrency: dict[str, int] = {}
+        self._preparers: dict[str, Preparer] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        # Attempts waiting to be recorded, and the lock whose holder records them all (group commit).
+        self._unsettled: list[Attempt] = []
+        self._settling = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._debounce = debounce
         self._loop_task: asyncio.Task[None] | None = None
 
-    def register(self, kind: str, handler: Handler) -> None:
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        concurrency: int = DELIVERY_CONCURRENCY,
+        prepare: Preparer | None = None,
+    ) -> None:
         self._handlers[kind] = handler
+        self._concurrency[kind] = concurrency
+        if prepare is not None:
+            self._preparers[kind] = prepare
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Release a handler's resources (its HTTP sessions) when the dispatcher closes."""
+        self._closers.append(closer)
 
     @property
     def kinds(self) -> list[str]:
@@ -109,11 +134,18 @@ class OutboxDispatcher:
             return 0
         async with self._engine.begin() as conn:
             claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=self._lease)
-        # Bounded: deliveries hold database connections, and clicks waiting on the pool must ack in 3 s.
-        limit = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+        # Bounded per kind: Slack has rate limits, and deliveries that read the database hold a
+        # connection meanwhile (clicks waiting on the pool must ack in 3 s).
+        kinds = {c.kind for c in claimed}
+        limits = {kind: asyncio.Semaphore(self._concurrency[kind]) for kind in kinds}
+        for kind in kinds & self._preparers.keys():
+            try:
+                await self._preparers[kind]([c for c in claimed if c.kind == kind])
+            except Exception:
+                log.exception("outbox_prepare_failed", kind=kind)
 
         async def deliver(item: Claimed) -> None:
-            async with limit:
+            async with limits[item.kind]:
                 await self._deliver(item)
 
         await asyncio.gather(*(deliver(item) for item in claimed))
@@ -139,22 +171,42 @@ class OutboxDispatcher:
                 request_id=item.request_id,
                 error=outcome.error,
             )
-        async with self._engine.begin() as conn:
-            await settle(
-                conn,
-                item,
-                result=outcome.result,
-                target=outcome.target,
-                latency_ms=latency_ms,
-                status_code=outcome.status_code,
-                error=outcome.error,
-                retry_in=outcome.retry_in,
-            )
-            if outcome.then is not None:
+        attempt = Attempt(
+            item,
+            outcome.result,
+            target=outcome.target,
+            latency_ms=latency_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            retry_in=outcome.retry_in,
+        )
+        if outcome.then is not None:
+            # Its extra writes share its transaction, and may fail without taking others' records along.
+            async with self._engine.begin() as conn:
+                await settle_many(conn, [attempt])
                 await outcome.then(conn)
+            return
+        self._unsettled.append(attempt)
+        await self._settle_unsettled()
+
+    async def _settle_unsettled(self) -> None:
+        """Record every attempt waiting, in one transaction: the first to get the lock writes what
+        accumulated while the previous writer held it, so a burst of deliveries costs a few commits.
+        A failed write leaves its rows leased: they come due again when the lease runs out."""
+        async with self._settling:
+            attempts, self._unsettled = self._unsettled, []
+            if not attempts:
+                return
+            try:
+                async with self._engine.begin() as conn:
+                    await settle_many(conn, attempts)
+            except Exception:
+                log.exception("outbox_settle_failed", attempts=len(attempts))
 
     async def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        for closer in self._closers:
+            await closer()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres, iso_utc
@@ -31,6 +33,18 @@ async def enqueue(
     now = now or await db_now(conn)
     row = outbox_row(kind=kind, dedupe_key=dedupe_key, request_id=request_id, payload=payload, now=now)
     return await insert_ignoring_conflict(conn, outbox, row) is not None
+
+
+async def enqueue_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Queue many deliveries (rows from outbox_row) in one statement; ones already queued are skipped."""
+    if rows:
+        await conn.execute(_insert_ignoring(conn.dialect.name), rows)
+
+
+@functools.cache
+def _insert_ignoring(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(outbox).on_conflict_do_nothing()
 
 
 def outbox_row(
@@ -87,19 +101,21 @@ async def claim_due(
     if is_postgres(conn):
         query = query.with_for_update(skip_locked=True)
     rows = (await conn.execute(query)).all()
-    claimed = []
+    if not rows:
+        return []
     for row in rows:
         if row.attempts > 0:
             await _record_interrupted(conn, row)
-        await conn.execute(
-            update(outbox)
-            .where(outbox.c.id == row.id)
-            .values(attempts=row.attempts + 1, next_attempt_at=now + lease, updated_at=now)
-        )
-        claimed.append(
-            Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
-        )
-    return claimed
+    # One statement for the batch: the rows are ours (locked on PostgreSQL; SQLite has one writer).
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_([row.id for row in rows]))
+        .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease, updated_at=now)
+    )
+    return [
+        Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
+        for row in rows
+    ]
 
 
 async def _record_interrupted(conn: AsyncConnection, row: Any) -> None:
@@ -129,43 +145,75 @@ async def _record_interrupted(conn: AsyncConnection, row: Any) -> None:
         )
 
 
-async def settle(
-    conn: AsyncConnection,
-    claimed: Claimed,
-    *,
-    result: str,
-    target: str | None = None,
-    started_at: dt.datetime | None = None,
-    latency_ms: int | None = None,
-    status_code: int | None = None,
-    error: str | None = None,
-    retry_in: float | None = None,
-) -> None:
-    """Record one attempt and move the row on: done, retried later, or failed for good."""
+@dataclass(frozen=True)
+class Attempt:
+    """The result of one delivery attempt, to be recorded by settle_many."""
+
+    claimed: Claimed
+    result: str  # delivered | skipped | retry | failed | gone
+    target: str | None = None
+    started_at: dt.datetime | None = None
+    latency_ms: int | None = None
+    status_code: int | None = None
+    error: str | None = None
+    retry_in: float | None = None
+
+
+_RETRY = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("b_id"))
+    .values(
+        next_attempt_at=bindparam("b_next"), last_error=bindparam("b_error"), updated_at=bindparam("b_now")
+    )
+)
+_FINISH = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), last_error=bindparam("b_error"), updated_at=bindparam("b_now"))
+)
+
+
+async def settle_many(conn: AsyncConnection, attempts: list[Attempt]) -> None:
+    """Record attempts and move their rows on (done, retried later, or failed for good), all at once."""
+    if not attempts:
+        return
     now = await db_now(conn)
     await conn.execute(
-        delivery_attempts.insert().values(
-            outbox_id=claimed.id,
-            request_id=claimed.request_id,
-            kind=claimed.kind,
-            attempt=claimed.attempt,
-            target=target,
-            started_at=started_at or now,
-            latency_ms=latency_ms,
-            status_code=status_code,
-            result=result,
-            error=error,
-        )
+        delivery_attempts.insert(),
+        [
+            {
+                "outbox_id": a.claimed.id,
+                "request_id": a.claimed.request_id,
+                "kind": a.claimed.kind,
+                "attempt": a.claimed.attempt,
+                "target": a.target,
+                "started_at": a.started_at or now,
+                "latency_ms": a.latency_ms,
+                "status_code": a.status_code,
+                "result": a.result,
+                "error": a.error,
+            }
+            for a in attempts
+        ],
     )
-    if result == "retry" and retry_in is not None:
-        values: dict[str, Any] = {
-            "next_attempt_at": now + dt.timedelta(seconds=retry_in),
-            "last_error": error,
-        }
-    else:
-        status = "done" if result in ("delivered", "skipped") else "failed"
-        values = {"status": status, "last_error": error}
-    await conn.execute(update(outbox).where(outbox.c.id == claimed.id).values(updated_at=now, **values))
+    retries, finished = [], []
+    for a in attempts:
+        if a.result == "retry" and a.retry_in is not None:
+            retries.append(
+                {
+                    "b_id": a.claimed.id,
+                    "b_next": now + dt.timedelta(seconds=a.retry_in),
+                    "b_error": a.error,
+                    "b_now": now,
+                }
+            )
+        else:
+            status = "done" if a.result in ("delivered", "skipped") else "failed"
+            finished.append({"b_id": a.claimed.id, "b_status": status, "b_error": a.error, "b_now": now})
+    if retries:
+        await conn.execute(_RETRY, retries)
+    if finished:
+        await conn.execute(_FINISH, finished)
 
 
 async def attempts_for(conn: AsyncConnection, request_id: str) -> list[dict[str, Any]]:

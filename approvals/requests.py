@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.agents import Principal, agent_chain
 from approvals.audit import NewEvent, append_event, canonical_json, chain_rows
+from approvals.audit_batches import append_to_chains
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.errors import Conflict, DomainError, Forbidden, NotFound
 from approvals.keys import new_id
-from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue, outbox_row
+from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue, enqueue_many, outbox_row
 from approvals.policies import evaluate
 from approvals.policy_versions import ActivePolicies
 from approvals.request_views import load_request_view, render_request
@@ -285,38 +286,36 @@ async def finalise(
     callback_url = (
         await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
     ).scalar()
-    await _queue_final_deliveries(
-        conn, request_id=request_id, status=status, callback_url=callback_url, now=now
+    await enqueue_many(
+        conn,
+        final_delivery_rows(request_id=request_id, status=status, callback_url=callback_url, now=now),
     )
 
 
-async def _queue_final_deliveries(
-    conn: AsyncConnection,
-    *,
-    request_id: str,
-    status: str,
-    callback_url: str | None,
-    now: dt.datetime,
-    notify_slack: bool = True,
-) -> None:
-    if notify_slack:
-        await enqueue(
-            conn,
+def final_delivery_rows(
+    *, request_id: str, status: str, callback_url: str | None, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """The outbox rows a final state owes: the card update, and the agent's callback if it gave a URL."""
+    rows = [
+        outbox_row(
             kind=SLACK_UPDATE,
             dedupe_key=f"{SLACK_UPDATE}:{request_id}:{status}",
             request_id=request_id,
             payload={"status": status},
             now=now,
         )
+    ]
     if callback_url:
-        await enqueue(
-            conn,
-            kind=CALLBACK,
-            dedupe_key=f"{CALLBACK}:{request_id}:{status}",
-            request_id=request_id,
-            payload={"event": f"request.{status}"},
-            now=now,
+        rows.append(
+            outbox_row(
+                kind=CALLBACK,
+                dedupe_key=f"{CALLBACK}:{request_id}:{status}",
+                request_id=request_id,
+                payload={"event": f"request.{status}"},
+                now=now,
+            )
         )
+    return rows
 
 
 async def _owned_status(conn: AsyncConnection, principal: Principal, request_id: str) -> Any:
@@ -427,8 +426,15 @@ async def record_outcome(
     return view
 
 
+EXPIRED_EVENT = NewEvent("request_expired", "scheduler", {"decided_by": "system"})
+
+
 async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> list[str]:
-    """Expire pending requests past their deadline, each exactly once, claiming rows other replicas skip."""
+    """Expire pending requests past their deadline, each exactly once, claiming rows other replicas skip.
+
+    Set-based: one statement claims the batch, one expires it, and the audit events and outbox rows
+    of the whole batch are written together (the same rows `finalise` writes for one request).
+    """
     now = await db_now(conn)
     query = (
         select(requests.c.id)
@@ -436,29 +442,30 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
         .order_by(requests.c.expires_at)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
+    if is_postgres(conn):
         # NO KEY UPDATE: rows being referenced by a concurrent insert (a card, a decision) hold a key-share
         # lock; a plain FOR UPDATE would skip them, and the sweep would miss a due request for a tick.
         query = query.with_for_update(skip_locked=True, key_share=True)
     due = [row.id for row in (await conn.execute(query)).all()]
-    expired = []
-    for request_id in due:
-        result = await conn.execute(
+    if not due:
+        return []
+    # The status condition again: on SQLite (no row locks) it is what makes the change happen once.
+    expired = (
+        await conn.execute(
             update(requests)
-            .where(requests.c.id == request_id, requests.c.status == "pending")
+            .where(requests.c.id.in_(due), requests.c.status == "pending")
             .values(status="expired", decided_by="system", decided_at=now, reason="no decision before expiry")
+            .returning(requests.c.id, requests.c.callback_url)
         )
-        if result.rowcount == 1:
-            await finalise(
-                conn,
-                request_id=request_id,
-                status="expired",
-                actor="scheduler",
-                now=now,
-                data={"decided_by": "system"},
-            )
-            expired.append(request_id)
-    return expired
+    ).all()
+    await append_to_chains(conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now)
+    deliveries: list[dict[str, Any]] = []
+    for row in expired:
+        deliveries += final_delivery_rows(
+            request_id=row.id, status="expired", callback_url=row.callback_url, now=now
+        )
+    await enqueue_many(conn, deliveries)
+    return [row.id for row in expired]
 
 
 async def purge_idempotency_keys(conn: AsyncConnection, *, keep: dt.timedelta) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from app.database import build_engine
 from approvals.agents import add_agent, authenticate
+from approvals.audit import verify_all
 from approvals.errors import Conflict
 from approvals.policies import parse_policies
 from approvals.policy_versions import record_policy_version
@@ -21,7 +22,7 @@ from approvals.requests import (
     expire_due_requests,
     record_outcome,
 )
-from approvals.tables import audit_events, requests
+from approvals.tables import audit_events, outbox, requests
 from tests.conftest import TEST_POLICIES, Api, offer, stop_service
 
 OPERATIONS = st.lists(st.sampled_from(["cancel", "expire", "outcome"]), max_size=6)
@@ -140,6 +141,10 @@ async def test_concurrent_expiry_sweeps_expire_each_request_once(api: Api) -> No
     ids = [(await (await api.post("/v1/requests", offer())).json())["id"] for _ in range(20)]
     async with api.container.engine.begin() as conn:
         await conn.execute(update(requests).values(expires_at=func.current_timestamp()))
+        # Half with a callback URL (set here: intake would resolve the host): those owe a callback too.
+        await conn.execute(
+            update(requests).where(requests.c.id.in_(ids[::2])).values(callback_url="https://agent.test/hook")
+        )
 
     async def sweep() -> list[str]:
         async with api.container.engine.begin() as conn:
@@ -155,4 +160,14 @@ async def test_concurrent_expiry_sweeps_expire_each_request_once(api: Api) -> No
                 select(func.count()).select_from(audit_events).where(audit_events.c.kind == "request_expired")
             )
         ).scalar_one()
+        report = await verify_all(conn)
+        queued = (
+            await conn.execute(
+                select(outbox.c.kind, func.count())
+                .where(outbox.c.dedupe_key.like("%:expired"))
+                .group_by(outbox.c.kind)
+            )
+        ).all()
     assert events == 20
+    assert report.first_break is None
+    assert dict(queued) == {"slack_update": 20, "callback": 10}

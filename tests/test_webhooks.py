@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestServer
 from app.delivery.webhooks import (
     RETRY_SCHEDULE_SECONDS,
     PinnedResolver,
+    PinnedSessions,
     WebhookResult,
     deliver,
     headers,
@@ -59,6 +60,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     signature_valid: bool
+    peer: Any = None  # the client's (address, port): the same for requests on one kept-alive connection
 
 
 @dataclass
@@ -93,7 +95,8 @@ def build_receiver_app(receiver_ref: list[Receiver]) -> web.Application:
     def record(request: web.Request, body: bytes) -> None:
         hdrs = {k.lower(): v for k, v in request.headers.items()}
         valid = "webhook-signature" in hdrs and receiver_verifies(SECRET, hdrs, body)
-        receiver_ref[0].received.append(Received(request.path, hdrs, body, valid))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        receiver_ref[0].received.append(Received(request.path, hdrs, body, valid, peer))
 
     def replying(
         status: int, extra: Callable[[], dict[str, str]] | None = None, text: str = ""
@@ -410,6 +413,39 @@ async def test_the_guard_checks_what_the_name_resolves_to_at_send_time(
     assert result.result == "failed"
     assert result.error is not None and "169.254.169.254" in result.error
     assert calls == {"rebind.test": 1}
+
+
+async def test_pinned_sessions_reuse_a_connection_only_while_the_name_resolves_to_checked_addresses(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same answer twice (the second attempt reuses the first one's connection), then a rebinding
+    # to cloud metadata: the kept-alive connection must not carry that attempt anywhere.
+    calls = fake_dns(monkeypatch, {"rebind.test": ["127.0.0.1", "127.0.0.1", "169.254.169.254"]})
+    sessions = PinnedSessions()
+    try:
+        first = await send(receiver.url("/ok", host="rebind.test"), sessions=sessions)
+        second = await send(receiver.url("/ok", host="rebind.test"), sessions=sessions)
+        third = await send(receiver.url("/ok", host="rebind.test"), sessions=sessions)
+    finally:
+        await sessions.close()
+    assert (first.result, second.result) == ("delivered", "delivered")
+    assert receiver.received[0].peer == receiver.received[1].peer  # one connection, kept alive
+    assert third.result == "failed"
+    assert third.error is not None and "169.254.169.254" in third.error
+    assert len(receiver.received) == 2
+    assert calls == {"rebind.test": 3}  # resolved and checked at every attempt
+
+
+async def test_pinned_sessions_close_the_least_recently_used_beyond_their_bound(receiver: Receiver) -> None:
+    sessions = PinnedSessions(max_sessions=1)
+    try:
+        assert (await send(receiver.url("/ok"), sessions=sessions)).result == "delivered"
+        assert (await send(receiver.url("/ok", host="localhost"), sessions=sessions)).result == "delivered"
+        assert (await send(receiver.url("/ok"), sessions=sessions)).result == "delivered"
+    finally:
+        await sessions.close()
+    # The third attempt could not reuse the first one's session: it had been closed to make room.
+    assert receiver.received[0].peer != receiver.received[2].peer
 
 
 async def test_an_unresolvable_host_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:

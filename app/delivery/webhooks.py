@@ -8,12 +8,13 @@ connects to exactly those addresses through `PinnedResolver`. A second DNS looku
 would let a host that answered with a public address for the check answer with 169.254.169.254 for the
 connection (DNS rebinding).
 
-Design choice: `deliver` builds its own short-lived `ClientSession` and `TCPConnector` per attempt
-instead of taking a shared session. aiohttp binds the resolver to the connector and the connector to
-the session, so a shared session cannot be pinned to per-delivery addresses; and a pooled keep-alive
-connection would skip the send-time check altogether, reusing an address checked for an earlier
-delivery. So, unlike most aiohttp clients, `deliver` takes no session argument. The cost is a fresh TCP
-(and TLS) handshake per attempt, which is noise next to a retry schedule measured in minutes.
+Connections are reused only where that is as safe as a new one: `PinnedSessions` keeps one keep-alive
+session per host *and resolved address set*. Each attempt still resolves the host and checks every
+address at send time; only when the answer is the very set a session was pinned to does the attempt
+reuse that session's connections (all of them go to addresses that passed the check just now). A new
+answer gets a new session pinned to it. aiohttp binds the resolver to the connector and the connector
+to the session, hence one session per pinned set rather than one shared session. Without
+`PinnedSessions`, `deliver` builds a short-lived session per attempt.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import hashlib
@@ -29,6 +31,7 @@ import random
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -269,6 +272,7 @@ async def _attempt(
     allow: CallbackAllowList,
     total_seconds: float,
     ssl_context: ssl.SSLContext | None,
+    sessions: PinnedSessions | None,
 ) -> tuple[DeliveryOutcome, int | None, str | None, float | None]:
     try:
         addresses = await _pinned_addresses(target, host, port, allow)
@@ -277,6 +281,37 @@ async def _attempt(
     except TimeoutError:
         return "retry", None, f"resolving {host!r} timed out", None
 
+    async with contextlib.AsyncExitStack() as stack:
+        if sessions is not None:
+            session = sessions.session_for(host, port, addresses, ssl_context)
+        else:
+            session = await stack.enter_async_context(_pinned_session(host, addresses, ssl_context))
+        async with session.post(
+            target,
+            data=body,
+            # identity: the body is only read for an error excerpt, and is never decompressed.
+            headers={**request_headers, "accept-encoding": "identity"},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=total_seconds),
+        ) as response:
+            return await _outcome_of(response)
+    raise AssertionError("unreachable")  # mypy: the block above always returns
+
+
+async def _outcome_of(
+    response: aiohttp.ClientResponse,
+) -> tuple[DeliveryOutcome, int | None, str | None, float | None]:
+    response_body = await _read_capped(response.content)
+    result, error, retry_after = _classify(
+        response.status, response_body, response.headers.get("Retry-After")
+    )
+    return result, response.status, error, retry_after
+
+
+def _pinned_session(
+    host: str, addresses: Sequence[IPAddress], ssl_context: ssl.SSLContext | None
+) -> aiohttp.ClientSession:
+    """A session whose every connection goes to `addresses` (already checked), and nowhere else."""
     connector = aiohttp.TCPConnector(
         resolver=PinnedResolver(host, addresses),
         use_dns_cache=False,
@@ -284,25 +319,46 @@ async def _attempt(
     )
     # trust_env=False: an HTTP(S)_PROXY from the environment would make the proxy, not us, resolve
     # the host, and the pinning would be for nothing. No cookies: deliveries are independent.
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=total_seconds),
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-    ) as session:
-        async with session.post(
-            target,
-            data=body,
-            # identity: the body is only read for an error excerpt, and is never decompressed.
-            headers={**request_headers, "accept-encoding": "identity"},
-            allow_redirects=False,
-        ) as response:
-            response_body = await _read_capped(response.content)
-            result, error, retry_after = _classify(
-                response.status, response_body, response.headers.get("Retry-After")
-            )
-            return result, response.status, error, retry_after
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+    )
+
+
+class PinnedSessions:
+    """Keep-alive sessions for callbacks, one per (host, port, TLS context, checked address set).
+
+    Bounded: the least recently used session is closed when a new one would exceed `max_sessions`.
+    Must be closed (`close`) inside the event loop it was used in.
+    """
+
+    def __init__(self, max_sessions: int = 256) -> None:
+        self._max = max_sessions
+        self._sessions: OrderedDict[tuple[object, ...], aiohttp.ClientSession] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def session_for(
+        self, host: str, port: int, addresses: Sequence[IPAddress], ssl_context: ssl.SSLContext | None
+    ) -> aiohttp.ClientSession:
+        key = (_normalize_host(host), port, tuple(sorted(str(a) for a in addresses)), id(ssl_context))
+        session = self._sessions.get(key)
+        if session is not None and not session.closed:
+            self._sessions.move_to_end(key)
+            return session
+        session = self._sessions[key] = _pinned_session(host, addresses, ssl_context)
+        while len(self._sessions) > self._max:
+            _, oldest = self._sessions.popitem(last=False)
+            # Closed in the background: requests still running on it finish first (close waits for them).
+            task = asyncio.get_running_loop().create_task(oldest.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), OrderedDict()
+        for session in sessions:
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 async def deliver(
@@ -315,6 +371,7 @@ async def deliver(
     timestamp: int,
     timeout: float = 10.0,  # noqa: ASYNC109 - one budget for DNS, connect and response, applied below
     ssl_context: ssl.SSLContext | None = None,
+    sessions: PinnedSessions | None = None,
 ) -> WebhookResult:
     """POST one signed callback and classify the outcome; never raises for network or receiver trouble.
 
@@ -322,7 +379,8 @@ async def deliver(
     itself is allowed), and the connection goes to exactly those addresses. Redirects are not followed,
     at most 64 KiB of the response is read, and the whole attempt (DNS included) takes at most `timeout`
     seconds. `ssl_context` replaces the system trust store (a private CA); certificates are always
-    verified against the URL's host name.
+    verified against the URL's host name. With `sessions`, a keep-alive connection pinned to the same
+    checked addresses is reused; without, the attempt gets a connection of its own.
     """
     started = time.monotonic()
 
@@ -354,6 +412,7 @@ async def deliver(
                 allow=allow,
                 total_seconds=timeout,
                 ssl_context=ssl_context,
+                sessions=sessions,
             )
     except _Refused as exc:
         return outcome("failed", error=str(exc))
