@@ -28,6 +28,18 @@ def build_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 5)
         kwargs.setdefault("pool_pre_ping", True)
+        # A server that stops answering (frozen, partitioned) must fail a new connection within seconds,
+        # and TCP keepalives find a dead peer under an idle pooled connection in about a minute.
+        kwargs.setdefault(
+            "connect_args",
+            {
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
+        )
         return create_async_engine(url, **kwargs)
     kwargs.pop("pool_size", None)  # SQLite: one file, one writer at a time; the default pool suits it
     kwargs.pop("max_overflow", None)

@@ -25,6 +25,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -191,6 +192,32 @@ class PgCluster:
     def restart(self, mode: StopMode = "fast") -> None:
         """Stop (`fast`: terminate sessions; `immediate`: crash) and start again; returns once it accepts."""
         self._pg_ctl("restart", "-m", mode)
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (backends, checkpointer, ...), from /proc."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole server: it keeps its sockets open but answers nothing (a hung host)."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def running(self) -> bool:
         """pg_ctl status: 0 running, 3 not running."""

@@ -192,7 +192,7 @@ class Outage:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
         if resp.status == 503:
-            assert body["database"] == "unreachable", body
+            assert body["database"] in ("unreachable", "not answering"), body
         return resp.status == status
 
     # -- the traffic --------------------------------------------------------------------------------
@@ -480,3 +480,18 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
         f"/readyz 200 again {ready_after:.2f} s after it was back, "
         f"{len(outage.receiver.received)} callbacks received"
     )
+
+
+async def test_readyz_reports_a_database_that_hangs_instead_of_refusing(outage: Outage) -> None:
+    """A frozen server keeps its connections open and answers nothing: the probe must not hang with it."""
+    await outage.start_service()
+    frozen = await asyncio.to_thread(outage.cluster.freeze)
+    try:
+        answers = []
+        for _ in range(2):  # the second probe finds the first still waiting, and says so too
+            async with outage.session.get(outage.base + "/readyz") as resp:
+                answers.append((resp.status, (await resp.json())["database"]))
+    finally:
+        outage.cluster.thaw(frozen)
+    assert answers == [(503, "not answering")] * 2
+    await eventually(lambda: outage.ready(200), what="the service did not recover after the thaw", timeout=30)

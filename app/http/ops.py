@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -16,17 +19,45 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+# A database that hangs (frozen server, network partition) rather than refusing must still turn
+# /readyz to 503, and quickly: a load balancer's probe gives up after a few seconds.
+READY_TIMEOUT_SECONDS = 5.0
+_PROBE: web.AppKey[asyncio.Task[Any]] = web.AppKey("readiness_probe", asyncio.Task)
+
+
+async def _probe_database(container: Any) -> Any:
+    async with container.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return await schema_state(container.engine)
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready only when the database answers and is at the schema this code needs."""
+    """Ready only when the database answers (within READY_TIMEOUT_SECONDS) and is at our schema.
+
+    The check runs as a task of its own that a timeout leaves running rather than cancels (cancelling
+    a query on a server that does not answer can itself hang); while it runs, later probes wait on it
+    instead of starting another, so a frozen database costs one connection, not one per probe.
+    """
     container = container_of(request)
-    try:
-        async with container.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        state = await schema_state(container.engine)
-    except Exception as exc:
+    probe = request.app.get(_PROBE)
+    if probe is None or probe.done():
+        probe = request.app[_PROBE] = asyncio.get_running_loop().create_task(_probe_database(container))
+    done, _ = await asyncio.wait({probe}, timeout=READY_TIMEOUT_SECONDS)
+    if not done:
+        return web.json_response(
+            {
+                "status": "unavailable",
+                "database": "not answering",
+                "error": f"no answer within {READY_TIMEOUT_SECONDS:g} s",
+            },
+            status=503,
+        )
+    exc = probe.exception()
+    if exc is not None:
         return web.json_response(
             {"status": "unavailable", "database": "unreachable", "error": type(exc).__name__}, status=503
         )
+    state = probe.result()
     if not state.up_to_date:
         return web.json_response(
             {
