@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, Text, cast, select, text, type_coerce, update
+from sqlalchemy import DateTime, Text, cast, literal_column, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
@@ -70,6 +70,49 @@ def _event_body(
         + ',"seq":'
         + int.__repr__(seq)
         + "}"
+    ).encode()
+
+
+# An event's body with its data as stored and its time as PostgreSQL writes it (see _stored_body).
+_STORED_BODY = '{"actor":%s,"chain_id":%s,"created_at":"%s","data":%s,"kind":%s,"prev_hash":%s,"seq":%d}'
+
+
+def _compact(stored: str) -> str:
+    """JSON text as json.dumps writes it by default (", " and ": " between tokens), without those
+    spaces: the canonical text when its keys are sorted and it escapes nothing (no backslash).
+
+    The caller passes only valid JSON without a backslash, so every '"' opens or closes a string
+    and the even pieces between them are what lies outside strings. Only spaces outside strings go,
+    so the result always means the same JSON value as `stored`: a hash over it that matches the
+    stored hash proves the event's content, whatever else might differ.
+    """
+    pieces = stored.split('"')
+    # Outside strings there is no NUL in valid JSON (PostgreSQL text holds none at all), so it
+    # joins those pieces for two replaces in C instead of a replace per piece.
+    pieces[0::2] = "\x00".join(pieces[0::2]).replace(", ", ",").replace(": ", ":").split("\x00")
+    return '"'.join(pieces)
+
+
+def _stored_body(
+    chain_id: str, seq: int, kind: str, actor: str, compacted: str, when: str, prev_hash: str
+) -> bytes:
+    """The bytes event_hash would hash, built from the row as PostgreSQL gives it cheaply: its data
+    as stored, _compact-ed, and its time already formatted in UTC. Verification's fast path; it is
+    only ever trusted when its SHA-256 matches the stored hash (see _compact), anything else is
+    decided by event_hash itself. Raises TypeError for a value of another type than its column's."""
+    if type(seq) is not int:  # "%d" would write a float or Decimal as event_hash never does
+        raise TypeError(seq)
+    return (
+        _STORED_BODY
+        % (
+            _json_string(actor),
+            _json_string(chain_id),
+            when,
+            compacted,
+            _json_string(kind),
+            _json_string(prev_hash),
+            seq,
+        )
     ).encode()
 
 
@@ -233,52 +276,96 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
         for row in await conn.execute(select(chain_heads))
     }
     c = audit_events.c
-    # On PostgreSQL the JSON column is read as its text and decoded here with json.loads, as psycopg
-    # would decode it; the text lets payloads that recur (policy decisions, final states) be
-    # encoded once. Times come as the aware datetimes psycopg gives (format_time converts to UTC).
-    data = cast(c.data, Text).label("data") if postgres else c.data
-    created_at = (
-        type_coerce(c.created_at, DateTime(timezone=True)).label("created_at") if postgres else c.created_at
-    )
-    result = await conn.stream(
-        select(c.chain_id, c.seq, c.kind, c.actor, data, created_at, c.prev_hash, c.hash)
-        .order_by(c.id)
-        .execution_options(yield_per=5000)
-    )
+    # On PostgreSQL the JSON column is read as its text, and the time as its UTC text too (to_char's
+    # form is format_time's for years 1000-9999; NULL outside them, where the time comes as the
+    # aware datetime psycopg gives instead). That lets most events be hashed straight from what was
+    # read (_stored_body); the others, and any whose shortcut does not match, are decided by
+    # event_hash over the data as psycopg would decode it. Functions are named in pg_catalog so
+    # that nothing on the search path can stand in for them.
+    if postgres:
+        in_range = (
+            "audit_events.created_at >= '1000-01-01 00:00:00+00'::pg_catalog.timestamptz"
+            " AND audit_events.created_at < '10000-01-01 00:00:00+00'::pg_catalog.timestamptz"
+        )
+        columns: list[Any] = [
+            cast(c.data, Text).label("data"),
+            literal_column(
+                f"CASE WHEN {in_range} THEN pg_catalog.to_char(pg_catalog.timezone('UTC', "
+                """audit_events.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END""",
+                Text,
+            ).label("at_text"),
+            literal_column(
+                f"CASE WHEN {in_range} THEN NULL ELSE audit_events.created_at END",
+                DateTime(timezone=True),
+            ).label("created_at"),
+        ]
+    else:
+        columns = [c.data, literal_column("NULL").label("at_text"), c.created_at]
+    event_columns = (c.chain_id, c.seq, c.kind, c.actor, *columns, c.prev_hash, c.hash)
+    result = await conn.stream(select(*event_columns).order_by(c.id).execution_options(yield_per=5000))
     chains = events = 0
     breaks: dict[str, ChainBreak] = {}
     unordered: list[str] = []  # chains whose events are not in seq order (or have a gap) by id
 
-    encoded: dict[str, str] = {}  # JSON text as stored -> canonical JSON text (PostgreSQL)
     encode, loads, sha256 = _CANONICAL.encode, json.loads, hashlib.sha256
     last_time: Any = None
     last_text = ""
+    # JSON text as stored -> its _compact form, or "" where the shortcut does not apply. Payloads
+    # recur (policy decisions, final states), so many events need no work on their data at all.
+    compacted_texts: dict[Any, str] = {}
 
     def content_matches(row: Any) -> bool:
         nonlocal last_time, last_text
-        chain_id, seq, kind, actor, payload, when, link, digest = row
+        chain_id, seq, kind, actor, payload, when, created_at, link, digest = row
         if postgres:
-            canonical = encoded.get(payload)
-            if canonical is None:
-                canonical = encode(loads(payload))
-                if len(encoded) >= 50_000:
-                    encoded.clear()
-                encoded[payload] = canonical
-        else:
-            canonical = encode(payload)
-        if when != last_time:
-            last_time, last_text = when, format_time(when)
-        body = _event_body(chain_id, seq, kind, actor, canonical, last_text, link)
-        if body is None:
-            data = loads(payload) if postgres else payload
+            compacted = compacted_texts.get(payload)
+            if compacted is None:
+                # Only valid JSON (PostgreSQL's json type) without a backslash can be _compact-ed.
+                compacted = ""
+                if type(payload) is str and "\\" not in payload:
+                    try:
+                        compacted = _compact(payload)
+                    except ValueError:  # not JSON as PostgreSQL keeps it (cannot be): no shortcut
+                        pass
+                if len(compacted_texts) >= 50_000:
+                    compacted_texts.clear()
+                compacted_texts[payload] = compacted
+            if compacted and when is not None:
+                try:
+                    if (
+                        sha256(_stored_body(chain_id, seq, kind, actor, compacted, when, link)).hexdigest()
+                        == digest
+                    ):
+                        return True
+                except TypeError:  # a value of another type than its column's (tampered)
+                    pass
+            # The reference: event_hash over what psycopg would give for this row.
+            if when is not None:
+                created_at = dt.datetime.strptime(when, _TIME_FORMAT).replace(tzinfo=dt.UTC)
             return bool(
                 event_hash(
                     chain_id=chain_id,
                     seq=seq,
                     kind=kind,
                     actor=actor,
-                    data=data,
-                    created_at=when,
+                    data=loads(payload),
+                    created_at=created_at,
+                    prev_hash=link,
+                )
+                == digest
+            )
+        if created_at != last_time:
+            last_time, last_text = created_at, format_time(created_at)
+        body = _event_body(chain_id, seq, kind, actor, encode(payload), last_text, link)
+        if body is None:
+            return bool(
+                event_hash(
+                    chain_id=chain_id,
+                    seq=seq,
+                    kind=kind,
+                    actor=actor,
+                    data=payload,
+                    created_at=created_at,
                     prev_hash=link,
                 )
                 == digest
@@ -287,7 +374,7 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
 
     async for partition in result.partitions():
         for row in partition:
-            chain_id, seq, link, digest = row[0], row[1], row[6], row[7]
+            chain_id, seq, link, digest = row[0], row[1], row[7], row[8]
             events += 1
             state = chains_by_id.get(chain_id)
             if state is None:
@@ -314,14 +401,14 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
 
     for start in range(0, len(unordered), 1000):
         again = await conn.stream(
-            select(c.chain_id, c.seq, c.kind, c.actor, data, created_at, c.prev_hash, c.hash)
+            select(*event_columns)
             .where(c.chain_id.in_(unordered[start : start + 1000]))
             .order_by(c.chain_id, c.seq)
             .execution_options(yield_per=5000)
         )
         async for partition in again.partitions():
             for row in partition:
-                chain_id, seq, link, digest = row[0], row[1], row[6], row[7]
+                chain_id, seq, link, digest = row[0], row[1], row[7], row[8]
                 state = chains_by_id[chain_id]
                 if state[2] == 0:  # its first event in seq order
                     state[2], state[3] = 1, GENESIS_HASH

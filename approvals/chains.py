@@ -16,15 +16,19 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Select,
     String,
+    Text,
     and_,
     any_,
     bindparam,
+    cast,
     exists,
     func,
     or_,
     select,
+    type_coerce,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -119,9 +123,19 @@ def _filtered(query: Select[Any], f: ChainFilter, *, counting: bool = False) -> 
     return query.where(and_(*conditions)) if conditions else query
 
 
-def _base() -> Select[Any]:
+# JSON columns the export reads as their text on PostgreSQL, to decode a page's worth in one
+# json.loads (see _decode_all) instead of one call per value in the driver.
+_REQUEST_JSON = ("params", "links", "policy_rule")
+
+
+def _base(postgres: bool = False) -> Select[Any]:
+    columns: list[Any] = (
+        [cast(c, Text).label(c.name) if c.name in _REQUEST_JSON else c for c in requests.c]
+        if postgres
+        else [requests]
+    )
     return select(
-        requests,
+        *columns,
         agents.c.name.label("agent_name"),
         agents.c.owner.label("agent_owner"),
         agents.c.purpose.label("agent_purpose"),
@@ -145,7 +159,7 @@ async def chain_page(
     conn: AsyncConnection, f: ChainFilter, *, cursor: str | None = None, limit: int = 100
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of chains, oldest first, and the cursor for the next page (None at the end)."""
-    query = _filtered(_base(), f)
+    query = _filtered(_base(is_postgres(conn)), f)
     if cursor:
         after_at, after_id = decode_cursor(cursor)
         query = query.where(
@@ -177,7 +191,7 @@ async def iter_chains(conn: AsyncConnection, f: ChainFilter) -> AsyncIterator[di
 
 
 async def get_chain(conn: AsyncConnection, request_id: str) -> dict[str, Any]:
-    rows = list(await conn.execute(_base().where(requests.c.id == request_id)))
+    rows = list(await conn.execute(_base(is_postgres(conn)).where(requests.c.id == request_id)))
     if not rows:
         raise NotFound("chain_not_found", f"no request {request_id!r}", "id")
     return (await _assemble(conn, rows))[0]
@@ -206,33 +220,156 @@ def _among(column: Any, ids: list[str], postgres: bool) -> Any:
     return column.in_(ids)
 
 
+def _decode_all(texts: list[Any]) -> list[Any]:
+    """Each JSON text decoded (None stays None), with one json.loads over them all: PostgreSQL's
+    json type holds only valid JSON, so the array of them decodes to exactly their values."""
+    present = [t for t in texts if t is not None]
+    if not present:
+        return [None] * len(texts)
+    values = iter(json.loads("[" + ",".join(present) + "]"))
+    return [None if t is None else next(values) for t in texts]
+
+
+def _time(column: Any, postgres: bool) -> Any:
+    """A time column for iso_utc: on PostgreSQL the aware datetime psycopg gives, without the
+    column type's own conversion to UTC (iso_utc converts anyway); SQLite needs that conversion."""
+    return type_coerce(column, DateTime(timezone=True)) if postgres else column
+
+
 async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, Any]]:
+    """The chains of these request rows, their parts read a page at a time and built into the
+    export's form as they are read (rows unpacked by position: there are many of them)."""
     ids = [r.id for r in rows]
     if not ids:
         return []
     postgres = is_postgres(conn)
     by_request: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    for name, table, order in (
-        ("decisions", decisions, decisions.c.id),
-        ("messages", slack_messages, slack_messages.c.id),
-        ("attempts", delivery_attempts, delivery_attempts.c.id),
+    m = slack_messages.c
+    for request_id, destination, channel, ts, permalink, posted_at in await conn.execute(
+        select(m.request_id, m.destination, m.channel, m.ts, m.permalink, _time(m.created_at, postgres))
+        .where(_among(m.request_id, ids, postgres))
+        .order_by(m.id)
     ):
-        query = select(table).where(_among(table.c.request_id, ids, postgres)).order_by(order)
-        for item in await conn.execute(query):
-            by_request[item.request_id][name].append(item)
-    for event in await conn.execute(
-        select(audit_events)
-        .where(_among(audit_events.c.chain_id, ids, postgres))
-        .order_by(audit_events.c.chain_id, audit_events.c.seq)
+        by_request[request_id]["messages"].append(
+            {
+                "destination": destination,
+                "channel": channel,
+                "ts": ts,
+                "permalink": permalink,
+                "posted_at": iso_utc(posted_at),
+            }
+        )
+    a = delivery_attempts.c
+    # Only callback attempts are part of a chain (cards' deliveries are its notifications).
+    for request_id, attempt, started_at, status_code, result, latency_ms, error in await conn.execute(
+        select(
+            a.request_id,
+            a.attempt,
+            _time(a.started_at, postgres),
+            a.status_code,
+            a.result,
+            a.latency_ms,
+            a.error,
+        )
+        .where(_among(a.request_id, ids, postgres), a.kind == "callback")
+        .order_by(a.id)
     ):
-        by_request[event.chain_id]["events"].append(event)
-    return [_chain(row, by_request[row.id]) for row in rows]
+        by_request[request_id]["callbacks"].append(
+            {
+                "attempt": attempt,
+                "at": iso_utc(started_at),
+                "status_code": status_code,
+                "result": result,
+                "latency_ms": latency_ms,
+                "error": error,
+            }
+        )
+    d = decisions.c
+    found: list[Any] = list(
+        await conn.execute(
+            select(
+                d.request_id,
+                d.approver_id,
+                d.approver_name,
+                d.approver_email,
+                d.team_id,
+                d.decision,
+                d.reason,
+                d.action_ts,
+                d.policy_version_id,
+                cast(d.mfa, Text) if postgres else d.mfa,
+                _time(d.created_at, postgres),
+            )
+            .where(_among(d.request_id, ids, postgres))
+            .order_by(d.id)
+        )
+    )
+    mfas = _decode_all([r[9] for r in found]) if postgres else [r[9] for r in found]
+    for (request_id, approver, name, email, team, decision, reason, action_ts, version, _, at), mfa in zip(
+        found, mfas, strict=True
+    ):
+        by_request[request_id]["decisions"].append(
+            {
+                "approver": {"id": approver, "name": name, "email": email, "team_id": team},
+                "decision": decision,
+                "reason": reason,
+                "action_ts": action_ts,
+                "policy_version": version,
+                "mfa": mfa,
+                "decided_at": iso_utc(at),
+            }
+        )
+    e = audit_events.c
+    found = list(
+        await conn.execute(
+            select(
+                e.chain_id,
+                e.seq,
+                e.kind,
+                e.actor,
+                _time(e.created_at, postgres),
+                cast(e.data, Text) if postgres else e.data,
+                e.prev_hash,
+                e.hash,
+            )
+            .where(_among(e.chain_id, ids, postgres))
+            .order_by(e.chain_id, e.seq)
+        )
+    )
+    payloads = _decode_all([r[5] for r in found]) if postgres else [r[5] for r in found]
+    last_time: Any = None
+    last_text: str | None = None
+    for (chain_id, seq, kind, actor, created_at, _, prev_hash, digest), payload in zip(
+        found, payloads, strict=True
+    ):
+        if created_at != last_time:  # a chain's events often share their time (one transaction)
+            last_time, last_text = created_at, iso_utc(created_at)
+        # The export's form of the event, built once: the chain's other parts are read from it.
+        by_request[chain_id]["events"].append(
+            {
+                "seq": seq,
+                "kind": kind,
+                "actor": actor,
+                "at": last_text,
+                "data": payload,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+    if postgres:
+        decoded = _decode_all([v for r in rows for v in (r.params, r.links, r.policy_rule)])
+        json_values = [decoded[i : i + 3] for i in range(0, len(decoded), 3)]
+    else:
+        json_values = [[r.params, r.links, r.policy_rule] for r in rows]
+    return [_chain(row, by_request[row.id], *values) for row, values in zip(rows, json_values, strict=True)]
 
 
-def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
-    rule = row.policy_rule or {}
+def _chain(
+    row: Any, parts: dict[str, list[Any]], params: Any, links: Any, policy_rule: Any
+) -> dict[str, Any]:
+    rule = policy_rule or {}
     events = parts["events"]
-    policy_event = next((e.data for e in events if e.kind == "policy_evaluated"), None)
+    policy_event = next((e["data"] for e in events if e["kind"] == "policy_evaluated"), None)
     return {
         "id": row.id,
         "status": row.status,
@@ -240,10 +377,10 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
             "action": row.action,
             "title": row.title,
             "summary": row.summary,
-            "params": redact(row.params, list(rule.get("redact", []))),
+            "params": redact(params, list(rule.get("redact", []))),
             "payload_sha256": row.payload_sha256,
             "on_behalf_of": row.on_behalf_of,
-            "links": row.links,
+            "links": links,
             "callback_url": row.callback_url,
             "created_at": iso_utc(row.created_at),
             "expires_at": iso_utc(row.expires_at),
@@ -265,45 +402,29 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
             "rule": rule or None,
         },
         "policy_decision": policy_event,
-        "notifications": [
-            {
-                "destination": m.destination,
-                "channel": m.channel,
-                "ts": m.ts,
-                "permalink": m.permalink,
-                "posted_at": iso_utc(m.created_at),
-            }
-            for m in parts["messages"]
-        ],
+        "notifications": parts["messages"],
         "clicks": [
             {
-                "kind": e.kind,
-                "at": iso_utc(e.created_at),
+                "kind": e["kind"],
+                "at": e["at"],
                 **{
-                    k: e.data.get(k)
-                    for k in ("user_id", "user_name", "email", "team_id", "choice", "reason", "action_ts")
+                    k: e["data"].get(k)
+                    for k in (
+                        "user_id",
+                        "user_name",
+                        "email",
+                        "team_id",
+                        "authorised_as",
+                        "choice",
+                        "reason",
+                        "action_ts",
+                    )
                 },
             }
             for e in events
-            if e.kind in ("decision_recorded", "click_refused")
+            if e["kind"] in ("decision_recorded", "click_refused")
         ],
-        "decisions": [
-            {
-                "approver": {
-                    "id": d.approver_id,
-                    "name": d.approver_name,
-                    "email": d.approver_email,
-                    "team_id": d.team_id,
-                },
-                "decision": d.decision,
-                "reason": d.reason,
-                "action_ts": d.action_ts,
-                "policy_version": d.policy_version_id,
-                "mfa": d.mfa,
-                "decided_at": iso_utc(d.created_at),
-            }
-            for d in parts["decisions"]
-        ],
+        "decisions": parts["decisions"],
         "final": {
             "status": row.status,
             "decided_by": row.decided_by,
@@ -312,18 +433,7 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
         }
         if row.decided_at
         else None,
-        "callbacks": [
-            {
-                "attempt": a.attempt,
-                "at": iso_utc(a.started_at),
-                "status_code": a.status_code,
-                "result": a.result,
-                "latency_ms": a.latency_ms,
-                "error": a.error,
-            }
-            for a in parts["attempts"]
-            if a.kind == "callback"
-        ],
+        "callbacks": parts["callbacks"],
         "outcome": {
             "status": row.outcome_status,
             "detail": row.outcome_detail,
@@ -332,16 +442,5 @@ def _chain(row: Any, parts: dict[str, list[Any]]) -> dict[str, Any]:
         }
         if row.outcome_status
         else None,
-        "events": [
-            {
-                "seq": e.seq,
-                "kind": e.kind,
-                "actor": e.actor,
-                "at": iso_utc(e.created_at),
-                "data": e.data,
-                "prev_hash": e.prev_hash,
-                "hash": e.hash,
-            }
-            for e in events
-        ],
+        "events": events,
     }

@@ -170,6 +170,10 @@ async def _chain_event(slack: SlackApi, request_id: str, kind: str) -> dict[str,
         auditor = (await add_auditor_key(conn, name="auditor")).api_key
     chain = await (await slack.get(f"/v1/audit/chains/{request_id}", key=auditor)).json()
     [found] = [e["data"] for e in chain["events"] if e["kind"] == kind]
+    # The chain's summary of clicks carries the same basis as the event it summarises.
+    for click in chain["clicks"]:
+        if click["kind"] == kind:
+            assert click["authorised_as"] == found.get("authorised_as")
     return dict(found)
 
 
