@@ -22,8 +22,9 @@ What it does, in one run on one PostgreSQL server (the figures are printed as a 
      UPDATE SKIP LOCKED)` transactions on that copy, through the same stack (SQLAlchemy async, psycopg 3),
      until nothing is due: the least any expiry sweep must do;
    - service: `app.scheduler.expire_requests_job`, the scheduler's own job (batches of 500 through
-     `approvals.requests.expire_due_requests`: per request the conditional UPDATE, the `request_expired`
-     event appended to its chain, and the `slack_update` and `callback` outbox rows), on a real
+     `approvals.requests.expire_due_requests`, set-based per batch: the conditional UPDATE … RETURNING,
+     each `request_expired` event appended to its chain, the `slack_update` and `callback` outbox
+     rows), on a real
      `Container` built by `app.bootstrap.build_container`, with outbox delivery held back so that only
      expiry is measured.
    Then `approvals.audit.verify_all` recomputes every chain (unless --skip-verify).
@@ -35,10 +36,12 @@ What it does, in one run on one PostgreSQL server (the figures are printed as a 
    agents.
    - baseline: a bare loop on a copy of the outbox (`bench_baseline_outbox`): lease 50 due `callback`
      rows with `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, POST a small
-     JSON body for each (4 at a time, one keep-alive aiohttp session), mark them done in one UPDATE;
+     JSON body for each (32 at a time, as the service, on one keep-alive aiohttp session), mark them done
+     in one UPDATE;
    - service: the real `OutboxDispatcher.run_until_idle()` with the real `CallbackDelivery` handler
-     (batches of 50, 4 at a time: the request's JSON read back, Standard Webhooks signature, the SSRF
-     check and a fresh pinned connection per attempt, one settling transaction per attempt).
+     (batches of 50, 32 at a time: the batch's requests read back in two statements, Standard Webhooks
+     signature, the SSRF check at every attempt with keep-alive connections pinned to the checked
+     addresses, attempts recorded by group commit).
    The receiver's count is checked against the number of rows.
 3. **Expiry lateness** (unless --skip-steady). Recreates `bench_expiry_steady`, starts a real `approvals
    serve` on it (scheduler interval 1 s unless --scheduler-interval; callbacks on, delivered by the same
@@ -92,6 +95,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.bootstrap import Container, build_container
 from app.config import Settings
 from app.database import build_engine
+from app.delivery.callbacks import CALLBACK_CONCURRENCY
 from app.dispatcher import OutboxDispatcher
 from app.logs import configure_logging
 from app.migrate import upgrade_to_head
@@ -119,7 +123,7 @@ policies:
 """
 BATCH = 500  # expire_requests_job's batch
 OUTBOX_BATCH = 50  # app.dispatcher.BATCH
-DELIVERY_CONCURRENCY = 4  # app.dispatcher.DELIVERY_CONCURRENCY
+DELIVERY_CONCURRENCY = CALLBACK_CONCURRENCY  # callbacks in flight at once, as the service allows
 TARGET_EXPIRIES = 5000.0
 TARGET_DELIVERIES = 1000.0
 TARGET_LATENESS_P99 = 2.0
