@@ -603,6 +603,7 @@ async def throughput(
     engine = build_engine(url)
     counter = StatementCounter(engine)
     container: Container | None = None
+    delivering: OutboxDispatcher | None = None
     try:
         seeder = await prepare(engine, workdir / "policies.yml", receiver.url)
         async with engine.connect() as conn:
@@ -696,6 +697,8 @@ async def throughput(
     finally:
         if container is not None:
             await container.dispatcher.close()
+            if delivering is not None:
+                await delivering.close()  # the real one, held aside during expiry: its HTTP sessions
             await container.engine.dispose()
         await engine.dispose()
 
