@@ -342,34 +342,12 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
             # The reference: event_hash over what psycopg would give for this row.
             if when is not None:
                 created_at = dt.datetime.strptime(when, _TIME_FORMAT).replace(tzinfo=dt.UTC)
-            return bool(
-                event_hash(
-                    chain_id=chain_id,
-                    seq=seq,
-                    kind=kind,
-                    actor=actor,
-                    data=loads(payload),
-                    created_at=created_at,
-                    prev_hash=link,
-                )
-                == digest
-            )
+            return _hash_matches(row, loads(payload), created_at)
         if created_at != last_time:
             last_time, last_text = created_at, format_time(created_at)
         body = _event_body(chain_id, seq, kind, actor, encode(payload), last_text, link)
         if body is None:
-            return bool(
-                event_hash(
-                    chain_id=chain_id,
-                    seq=seq,
-                    kind=kind,
-                    actor=actor,
-                    data=payload,
-                    created_at=created_at,
-                    prev_hash=link,
-                )
-                == digest
-            )
+            return _hash_matches(row, payload, created_at)
         return bool(sha256(body).hexdigest() == digest)
 
     async for partition in result.partitions():
@@ -434,6 +412,15 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
     elif head_only:
         first_break = ChainBreak(min(head_only), 1, "the whole chain was removed")
     return VerifyReport(chains=chains, events=events, first_break=first_break)
+
+
+def _hash_matches(row: Any, data: Any, created_at: dt.datetime) -> bool:
+    """The reference check of a verify_all row: event_hash over its decoded data and time."""
+    chain_id, seq, kind, actor, *_, link, digest = row
+    recomputed = event_hash(
+        chain_id=chain_id, seq=seq, kind=kind, actor=actor, data=data, created_at=created_at, prev_hash=link
+    )
+    return bool(recomputed == digest)
 
 
 def _link_break(chain_id: str, seq: Any, expected_seq: int, *, link_ok: bool) -> ChainBreak:
