@@ -67,12 +67,25 @@ async def insert_ignoring_conflict(
     return (await conn.execute(stmt, values)).first()
 
 
+async def insert_many_ignoring_conflict(
+    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
+) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING for many rows in one statement; rows that exist are skipped."""
+    if rows:
+        await conn.execute(_on_conflict_do_nothing(conn.dialect.name, table), rows)
+
+
 @functools.cache
-def _insert_ignoring(dialect: str, table: Table, returning: Any) -> Any:
+def _on_conflict_do_nothing(dialect: str, table: Table) -> Any:
     # Built once per table: constructing statements per call costs more CPU than running them.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
+
+
+@functools.cache
+def _insert_ignoring(dialect: str, table: Table, returning: Any) -> Any:
     columns = [returning] if returning is not None else list(table.primary_key.columns)
-    return insert(table).on_conflict_do_nothing().returning(*columns)
+    return _on_conflict_do_nothing(dialect, table).returning(*columns)
 
 
 def is_postgres(conn: AsyncConnection) -> bool:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres, iso_utc
+from approvals.db import db_now, insert_ignoring_conflict, insert_many_ignoring_conflict, is_postgres, iso_utc
 from approvals.tables import delivery_attempts, outbox
 
 SLACK_NOTIFY = "slack_notify"
@@ -37,14 +35,7 @@ async def enqueue(
 
 async def enqueue_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Queue many deliveries (rows from outbox_row) in one statement; ones already queued are skipped."""
-    if rows:
-        await conn.execute(_insert_ignoring(conn.dialect.name), rows)
-
-
-@functools.cache
-def _insert_ignoring(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(outbox).on_conflict_do_nothing()
+    await insert_many_ignoring_conflict(conn, outbox, rows)
 
 
 def outbox_row(
