@@ -65,34 +65,31 @@ class CallbackDelivery:
         await self._sessions.close()
 
     async def prepare(self, items: list[Claimed]) -> None:
-        request_ids = sorted({item.request_id for item in items if item.request_id is not None})
-        if not request_ids:
-            return
-        async with self._reads, self._engine.connect() as conn:
-            rows = await conn.execute(_REQUEST_AND_SECRET.where(requests.c.id.in_(request_ids)))
-            by_request: dict[str, tuple[Any, list[Any]]] = {row.id: (row, []) for row in rows}
-            for decision in await conn.execute(
-                select(decisions).where(decisions.c.request_id.in_(request_ids)).order_by(decisions.c.id)
-            ):
-                by_request[decision.request_id][1].append(decision)
+        by_request = await self._load({item.request_id for item in items if item.request_id is not None})
         for item in items:
             if item.request_id in by_request:
                 self._prepared[item.id] = by_request[item.request_id]
 
-    async def _read(self, request_id: str) -> tuple[Any, list[Any]]:
+    async def _load(self, request_ids: set[str]) -> dict[str, tuple[Any, list[Any]]]:
+        """Each request's row (with its agent's secret and whether its URL answered 410) and decisions."""
+        if not request_ids:
+            return {}
+        ids = sorted(request_ids)
         async with self._reads, self._engine.connect() as conn:
-            row = (await conn.execute(_REQUEST_AND_SECRET.where(requests.c.id == request_id))).first()
-            decision_rows = (
-                await conn.execute(
-                    select(decisions).where(decisions.c.request_id == request_id).order_by(decisions.c.id)
-                )
-            ).all()
-        return row, list(decision_rows)
+            rows = await conn.execute(_REQUEST_AND_SECRET.where(requests.c.id.in_(ids)))
+            by_request: dict[str, tuple[Any, list[Any]]] = {row.id: (row, []) for row in rows}
+            for decision in await conn.execute(
+                select(decisions).where(decisions.c.request_id.in_(ids)).order_by(decisions.c.id)
+            ):
+                by_request[decision.request_id][1].append(decision)
+        return by_request
 
     async def deliver(self, item: Claimed) -> Settlement:
         assert item.request_id is not None
         prepared = self._prepared.pop(item.id, None)
-        row, decision_rows = prepared if prepared is not None else await self._read(item.request_id)
+        if prepared is None:  # not in a prepared batch (its read failed, say): read it alone
+            prepared = (await self._load({item.request_id})).get(item.request_id, (None, []))
+        row, decision_rows = prepared
         if row is None or not row.callback_url:
             return Settlement("failed", error="request or callback URL not found")
         if row.gone:
