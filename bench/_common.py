@@ -9,10 +9,22 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+# send_offer_letter becomes a pending request waiting for one approver: what intake and expiry measure.
+PENDING_OFFER_POLICIES = """\
+default: deny
+policies:
+  - action: send_offer_letter
+    decision: require_approval
+    approvers: {users: [U01COO]}
+    channel: C0HIRING
+    expires_in: 24h
+"""
 
 
 def free_port() -> int:
@@ -58,6 +70,17 @@ def host_cpu_seconds() -> float | None:
         return None
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def report_host_busy() -> None:
+    """Print how busy the host was over one second before a run: other work skews every figure."""
+    before = host_cpu_seconds()
+    time.sleep(1.0)  # one second of host CPU accounting
+    after = host_cpu_seconds()
+    if before is not None and after is not None:
+        busy = after - before
+        note = "  (other work is running: figures will be noisy)" if busy > 0.2 else ""
+        print(f"host CPU busy before start: {busy:.0%} of one core{note}")
 
 
 def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:

@@ -82,6 +82,7 @@ from _common import (
     host_cpu_seconds,
     pct,
     recreate_databases,
+    report_host_busy,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -540,13 +541,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APPROVALS_", "SLACK_"))}
     env["PYTHONUNBUFFERED"] = "1"
 
-    before = host_cpu_seconds()
-    time.sleep(1.0)  # one second of host CPU accounting, to flag a machine busy with other work
-    after = host_cpu_seconds()
-    if before is not None and after is not None:
-        busy = after - before
-        note = "  (other work is running: figures will be noisy)" if busy > 0.2 else ""
-        print(f"host CPU busy before start: {busy:.0%} of one core{note}")
+    report_host_busy()
 
     processes: list[Process] = []
     service: Process | None = None

@@ -87,7 +87,16 @@ from typing import Any
 
 import aiohttp
 import psycopg
-from _common import approvals_cli, database_url, fmt, free_port, host_cpu_seconds, recreate_databases
+from _common import (
+    PENDING_OFFER_POLICIES,
+    approvals_cli,
+    database_url,
+    fmt,
+    free_port,
+    host_cpu_seconds,
+    recreate_databases,
+    report_host_busy,
+)
 from aiohttp import web
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -112,15 +121,6 @@ HERE = Path(__file__).resolve().parent
 EXPIRY_DB = "bench_expiry"
 STEADY_DB = "bench_expiry_steady"
 ACTION = "send_offer_letter"
-POLICIES = """\
-default: deny
-policies:
-  - action: send_offer_letter
-    decision: require_approval
-    approvers: {users: [U01COO]}
-    channel: C0HIRING
-    expires_in: 24h
-"""
 BATCH = 500  # expire_requests_job's batch
 OUTBOX_BATCH = 50  # app.dispatcher.BATCH
 DELIVERY_CONCURRENCY = CALLBACK_CONCURRENCY  # callbacks in flight at once, as the service allows
@@ -879,15 +879,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     configure_logging("WARNING", stream=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="bench-expiry-"))
-    (workdir / "policies.yml").write_text(POLICIES)
+    (workdir / "policies.yml").write_text(PENDING_OFFER_POLICIES)
     print(f"logs and profiles in {workdir}")
-    before = host_cpu_seconds()
-    time.sleep(1.0)  # one second of host CPU accounting, to flag a machine busy with other work
-    after = host_cpu_seconds()
-    if before is not None and after is not None:
-        busy = after - before
-        note = "  (other work is running: figures will be noisy)" if busy > 0.2 else ""
-        print(f"host CPU busy before start: {busy:.0%} of one core{note}")
+    report_host_busy()
     report = Report(requests=args.requests)
     try:
         asyncio.run(run(args, workdir, report))

@@ -50,6 +50,7 @@ from typing import Any
 
 import psycopg
 from _common import (
+    PENDING_OFFER_POLICIES,
     approvals_cli,
     cpu_seconds,
     database_url,
@@ -58,20 +59,12 @@ from _common import (
     host_cpu_seconds,
     pct,
     recreate_databases,
+    report_host_busy,
 )
 
 HERE = Path(__file__).resolve().parent
 SERVICE_DB = "bench_intake"
 BASELINE_DB = "bench_baseline"
-POLICIES = """\
-default: deny
-policies:
-  - action: send_offer_letter
-    decision: require_approval
-    approvers: {users: [U01COO]}
-    channel: C0HIRING
-    expires_in: 24h
-"""
 TARGET_RATIO_AT = 32
 TARGET_RATIO = 0.5
 TARGET_P99_AT = 8
@@ -301,7 +294,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     print(f"server logs in {workdir}")
-    (workdir / "policies.yml").write_text(POLICIES)
+    (workdir / "policies.yml").write_text(PENDING_OFFER_POLICIES)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APPROVALS_", "SLACK_"))}
     env.update(
         APPROVALS_DATABASE_URL=database_url(args.postgres, SERVICE_DB),
@@ -310,13 +303,7 @@ def main() -> int:
         APPROVALS_AUTO_MIGRATE="true",
         APPROVALS_LOG_LEVEL="WARNING",
     )
-    before = host_cpu_seconds()
-    time.sleep(1.0)  # one second of host CPU accounting, to flag a machine busy with other work
-    after = host_cpu_seconds()
-    if before is not None and after is not None:
-        busy = after - before
-        note = "  (other work is running: figures will be noisy)" if busy > 0.2 else ""
-        print(f"host CPU busy before start: {busy:.0%} of one core{note}")
+    report_host_busy()
     servers: list[Server] = []
     try:
         recreate_databases(args.postgres, [SERVICE_DB, BASELINE_DB])
