@@ -293,3 +293,15 @@ async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
+
+
+async def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a service we started (SIGTERM, up to 20 s for a clean shutdown), then kill it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.to_thread(proc.wait, 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 5)

@@ -39,7 +39,7 @@ from app.dispatcher import Settlement
 from approvals.agents import add_agent
 from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
-from tests.conftest import _clear_postgres, offer
+from tests.conftest import _clear_postgres, offer, stop_process
 from tests.fake_slack import FakeSlack
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 from tests.test_service_startup import free_port
@@ -239,13 +239,7 @@ class Crash:
 
     async def stop(self) -> None:
         for service in self.services:
-            if service.proc.poll() is None:
-                service.proc.terminate()
-                try:
-                    await asyncio.to_thread(service.proc.wait, 20)
-                except subprocess.TimeoutExpired:
-                    service.proc.kill()
-                    await asyncio.to_thread(service.proc.wait, 5)
+            await stop_process(service.proc)
         if self.fake is not None:
             await self.fake.stop()
         await self.engine.dispose()

@@ -57,7 +57,7 @@ from app.database import build_engine
 from app.migrate import upgrade_to_head
 from approvals.agents import add_agent
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks, slack_messages
-from tests.conftest import BACKENDS, REQUIRE_POSTGRES, TEST_CHECKPOINT_KEY, TEST_POLICIES
+from tests.conftest import BACKENDS, REQUIRE_POSTGRES, TEST_CHECKPOINT_KEY, TEST_POLICIES, stop_process
 from tests.fake_slack import TEAM_ID, FakeSlack
 from tests.pg_cluster import ClusterError, PgCluster, missing_tools
 from tests.receiver import Receiver
@@ -329,13 +329,8 @@ async def outage(cluster: PgCluster, tmp_path: Path) -> AsyncIterator[Outage]:
             yield harness
         finally:
             harness.traffic.stop.set()
-            if harness.proc is not None and harness.proc.poll() is None:
-                harness.proc.terminate()
-                try:
-                    await asyncio.to_thread(harness.proc.wait, 20)
-                except subprocess.TimeoutExpired:
-                    harness.proc.kill()
-                    await asyncio.to_thread(harness.proc.wait, 5)
+            if harness.proc is not None:
+                await stop_process(harness.proc)
             await receiver.stop()
             await fake.stop()
             await engine.dispose()
