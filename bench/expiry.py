@@ -6,7 +6,7 @@ Usage:
                                      [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
                                      [--scheduler-interval S] [--steady-without-callbacks]
                                      [--keep-slack-rows] [--profile] [--skip-steady] [--skip-throughput]
-                                     [--skip-verify]
+                                     [--skip-delivery] [--skip-verify]
 
 What it does, in one run on one PostgreSQL server (the figures are printed as a table at the end):
 
@@ -42,7 +42,8 @@ What it does, in one run on one PostgreSQL server (the figures are printed as a 
      (batches of 50, 32 at a time: the batch's requests read back in two statements, Standard Webhooks
      signature, the SSRF check at every attempt with keep-alive connections pinned to the checked
      addresses, attempts recorded by group commit).
-   The receiver's count is checked against the number of rows.
+   The receiver's count is checked against the number of rows. --skip-delivery stops phase 1 after the
+   expiry (and verification): what to run while working on the sweep.
 3. **Expiry lateness** (unless --skip-steady). Recreates `bench_expiry_steady`, starts a real `approvals
    serve` on it (scheduler interval 1 s unless --scheduler-interval; callbacks on, delivered by the same
    process while it expires, unless --steady-without-callbacks), and seeds --steady-rate x
@@ -59,6 +60,10 @@ It measures and never asserts: the exit status is 0 whatever the figures (non-ze
 at all). With --profile the service's expiry and delivery phases run under cProfile and the top functions
 are printed. The number of SQL statements each phase executed (counted with a SQLAlchemy event hook) is
 printed with it: most of the time goes to round trips.
+
+CPU is reported per item for this process (where the service code runs) and for PostgreSQL (the backends
+connected to the bench database, from /proc): on a shared host these move far less than wall-clock rates,
+so compare them before and after a change, in alternating runs.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ import psycopg
 from _common import (
     PENDING_OFFER_POLICIES,
     approvals_cli,
+    cpu_seconds,
     database_url,
     fmt,
     free_port,
@@ -168,6 +174,7 @@ class Run:
     count: int = 0
     seconds: float = 0.0
     cpu: float | None = None  # this process's CPU seconds
+    db_cpu: float | None = None  # CPU seconds of the PostgreSQL backends serving the bench database
     host_busy: float | None = None  # the host's busy CPU seconds (all processes)
     statements: int | None = None
     note: str = ""
@@ -188,14 +195,32 @@ class StatementCounter:
         self.count += 1
 
 
+async def backend_cpu(server_url: str, database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to `database` (empty without /proc)."""
+    async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database]
+            )
+        ).fetchall()
+    seconds = {int(pid): cpu_seconds(int(pid)) for (pid,) in rows}
+    return {pid: value for pid, value in seconds.items() if value is not None}
+
+
 async def timed(
     run: Run,
     work: Callable[[], Awaitable[int]],
     *,
     counter: StatementCounter | None = None,
     profile: Path | None = None,
+    database: tuple[str, str] | None = None,
 ) -> Run:
-    """Run `work` (returns how many things it did) and fill in `run`."""
+    """Run `work` (returns how many things it did) and fill in `run`.
+
+    With `database` (server URL, name), also the CPU its backends spent meanwhile: backends opened during
+    the run count from their start; one that closed before the end is missed (pools keep theirs open).
+    """
+    before_db = await backend_cpu(*database) if database else {}
     before_cpu = resource.getrusage(resource.RUSAGE_SELF)
     before_host = host_cpu_seconds()
     before_statements = counter.count if counter else 0
@@ -216,6 +241,10 @@ async def timed(
         run.host_busy = after_host - before_host
     if counter:
         run.statements = counter.count - before_statements
+    if database:
+        after_db = await backend_cpu(*database)
+        if after_db:
+            run.db_cpu = sum(value - before_db.get(pid, 0.0) for pid, value in after_db.items())
     if profiler and profile:
         profiler.dump_stats(profile)
     return run
@@ -634,7 +663,10 @@ async def throughput(
         )
 
         print("expiry: baseline ...", flush=True)
-        base = await timed(Run("expiry baseline"), lambda: baseline_expire(engine), counter=counter)
+        measured = (args.postgres, EXPIRY_DB)
+        base = await timed(
+            Run("expiry baseline"), lambda: baseline_expire(engine), counter=counter, database=measured
+        )
         report.runs["expiry baseline"] = base
 
         container = await build_container(settings_for(url, workdir))
@@ -644,7 +676,11 @@ async def throughput(
         print("expiry: service ...", flush=True)
         profile = workdir / "expiry.prof" if args.profile else None
         svc = await timed(
-            Run("expiry service"), lambda: service_expire(container), counter=counter_service, profile=profile
+            Run("expiry service"),
+            lambda: service_expire(container),
+            counter=counter_service,
+            profile=profile,
+            database=measured,
         )
         svc.note = f"{await count_status(engine, 'requests', 'expired'):,} expired in the database"
         report.runs["expiry service"] = svc
@@ -657,6 +693,8 @@ async def throughput(
             took = time.perf_counter() - started
             state = "OK" if verdict.ok else f"BROKEN at {verdict.first_break}"
             report.verified = f"{state}: {verdict.chains:,} chains, {verdict.events:,} events in {took:.1f} s"
+        if args.skip_delivery:
+            return
 
         if not args.keep_slack_rows:
             # Slack is off here, so nobody delivers the slack_update rows; with Slack on they would be
@@ -789,6 +827,10 @@ def print_report(report: Report) -> None:
         "bench CPU: this process (the service code runs in it) as % of one core; host busy: every process, "
         f"% of one core ({cores * 100}% is all)."
     )
+    for key, run in report.runs.items():
+        if run.count and run.cpu is not None:
+            db = "n/a" if run.db_cpu is None else f"{run.db_cpu / run.count * 1e6:,.0f} µs"
+            print(f"CPU per item, {key}: this process {run.cpu / run.count * 1e6:,.0f} µs, PostgreSQL {db}")
     for phase in ("expiry", "delivery"):
         base, svc = report.runs.get(f"{phase} baseline"), report.runs.get(f"{phase} service")
         if base and svc and base.rate:
@@ -863,6 +905,9 @@ def main() -> int:
         "--steady-without-callbacks",
         action="store_true",
         help="lateness run with no callback URLs (the scheduler alone, no deliveries competing)",
+    )
+    parser.add_argument(
+        "--skip-delivery", action="store_true", help="phase 1 without deliveries: the expiry sweep alone"
     )
     parser.add_argument("--skip-verify", action="store_true", help="do not recompute the audit chains")
     parser.add_argument(
