@@ -23,7 +23,7 @@ from approvals.outbox import Attempt, Claimed, claim_due, settle_many
 log = structlog.get_logger("approvals.outbox")
 
 LEASE = dt.timedelta(seconds=60)
-BATCH = 50
+BATCH = 50  # rows leased per kind and claim (claim_due asks each kind on its own)
 # Deliveries of one kind in flight at once, unless register() says otherwise. Slack's kinds keep it
 # low (rate limits); agent callbacks, which wait on other people's servers, register more.
 DELIVERY_CONCURRENCY = 4

@@ -67,31 +67,41 @@ class Claimed:
     attempt: int
 
 
+_CLAIM_COLUMNS = (
+    outbox.c.id,
+    outbox.c.kind,
+    outbox.c.request_id,
+    outbox.c.dedupe_key,
+    outbox.c.payload,
+    outbox.c.attempts,
+    outbox.c.updated_at,
+)
+
+
 async def claim_due(
     conn: AsyncConnection, *, kinds: list[str], limit: int, lease: dt.timedelta
 ) -> list[Claimed]:
-    """Lease due rows: other replicas skip them now and may retake them once the lease runs out.
+    """Lease up to `limit` due rows of each kind: other replicas skip them now and may retake them once
+    the lease runs out.
 
     The lease is what makes a crash mid-delivery safe: the row comes due again by itself.
+
+    One query per kind, each answered from ix_outbox_status_kind_next_attempt_at in due order: rows of
+    kinds this process has no handler for (Slack cards queued while Slack is switched off) are never
+    visited, however many of them wait, and stay pending for a process that can deliver them.
     """
     now = await db_now(conn)
-    query = (
-        select(
-            outbox.c.id,
-            outbox.c.kind,
-            outbox.c.request_id,
-            outbox.c.dedupe_key,
-            outbox.c.payload,
-            outbox.c.attempts,
-            outbox.c.updated_at,
+    rows: list[Any] = []
+    for kind in kinds:
+        query = (
+            select(*_CLAIM_COLUMNS)
+            .where(outbox.c.status == "pending", outbox.c.kind == kind, outbox.c.next_attempt_at <= now)
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(limit)
         )
-        .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, outbox.c.kind.in_(kinds))
-        .order_by(outbox.c.next_attempt_at, outbox.c.id)
-        .limit(limit)
-    )
-    if is_postgres(conn):
-        query = query.with_for_update(skip_locked=True)
-    rows = (await conn.execute(query)).all()
+        if is_postgres(conn):
+            query = query.with_for_update(skip_locked=True)
+        rows.extend((await conn.execute(query)).all())
     if not rows:
         return []
     for row in rows:

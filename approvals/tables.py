@@ -167,7 +167,8 @@ outbox = Table(
     Column("last_error", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    # A claim asks per kind (a process claims only kinds it can deliver), in due order.
+    Index("ix_outbox_status_kind_next_attempt_at", "status", "kind", "next_attempt_at", "id"),
 )
 
 chain_heads = Table(

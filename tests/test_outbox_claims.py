@@ -1,0 +1,145 @@
+"""Outbox claims stay cheap and correct when many rows of kinds this process cannot deliver are waiting.
+
+With Slack switched off (no Slack settings) the service still queues card posts and updates, for a
+replica or a later restart that has Slack configured. Those rows must neither stand in front of the
+callbacks this process can deliver, nor be touched, nor make every claim walk past them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from approvals.db import db_now
+from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, claim_due, enqueue_many, outbox_row
+from approvals.tables import outbox
+from tests.conftest import Api, offer, start_service, stop_service
+from tests.receiver import Receiver
+
+WAITING = 3000  # Slack rows queued while Slack is off, all due (and due earlier than the callback)
+INDEX = "ix_outbox_status_kind_next_attempt_at"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def slack_off_api(database_url: str) -> AsyncIterator[Api]:
+    container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
+    assert container.slack is None and container.dispatcher.kinds == [CALLBACK]
+    async with ClientSession() as session:
+        api = Api(session=session, base=str(server.make_url("")), key="", container=container)
+        api.key = await api.add_agent("cb-bot", ["read_*"])
+        yield api
+    await stop_service(container, server)
+
+
+async def _queue_undeliverable(engine: AsyncEngine, count: int) -> None:
+    async with engine.begin() as conn:
+        due = await db_now(conn) - dt.timedelta(hours=1)
+        await enqueue_many(
+            conn,
+            [
+                outbox_row(
+                    kind=SLACK_NOTIFY if i % 2 else SLACK_UPDATE,
+                    dedupe_key=f"waiting:{i}",
+                    request_id=None,
+                    payload={"n": i},
+                    now=due,
+                )
+                for i in range(count)
+            ],
+        )
+
+
+def _capture_claims(engine: AsyncEngine) -> list[tuple[str, Any]]:
+    """Record the claim SELECTs the dispatcher sends, with their parameters, to EXPLAIN them after."""
+    seen: list[tuple[str, Any]] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM outbox" in statement:
+            seen.append((statement, parameters))
+
+    return seen
+
+
+async def _plan(engine: AsyncEngine, statement: str, parameters: Any) -> str:
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.exec_driver_sql("ANALYZE outbox")
+            raw = (await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)).scalar_one()
+            text = raw if isinstance(raw, str) else json.dumps(raw)
+        else:
+            rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)).all()
+            text = " | ".join(str(row[-1]) for row in rows)
+        await conn.rollback()
+    return text
+
+
+def _index_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node] if "Index Name" in node else []
+    for child in node.get("Plans", []):
+        found.extend(_index_scans(child))
+    return found
+
+
+async def test_waiting_slack_rows_neither_block_nor_slow_callbacks_and_are_kept(
+    slack_off_api: Api, receiver: Receiver
+) -> None:
+    engine = slack_off_api.container.engine
+    await _queue_undeliverable(engine, WAITING)
+    claims = _capture_claims(engine)
+
+    created = await (
+        await slack_off_api.post("/v1/requests", offer(action="read_mail", callback_url=receiver.url()))
+    ).json()
+    [hit] = await receiver.wait_for(1)
+    assert json.loads(hit.body)["data"]["id"] == created["id"]
+    await slack_off_api.container.dispatcher.run_until_idle()
+
+    # Every claim asked for its kind through the kind-leading index, so the waiting rows were not scanned.
+    assert claims, "the dispatcher made no claim"
+    for statement, parameters in claims:
+        plan = await _plan(engine, statement, parameters)
+        assert INDEX in plan, plan
+        if engine.dialect.name == "postgresql":
+            [scan] = _index_scans(json.loads(plan)[0]["Plan"])
+            assert scan["Index Name"] == INDEX and "kind" in scan["Index Cond"], plan
+        else:
+            assert "kind=?" in plan, plan
+
+    async with engine.connect() as conn:
+        waiting = (
+            await conn.execute(
+                select(outbox.c.status, outbox.c.attempts, func.count())
+                .where(outbox.c.kind.in_([SLACK_NOTIFY, SLACK_UPDATE]))
+                .group_by(outbox.c.status, outbox.c.attempts)
+            )
+        ).all()
+        callback_status = (
+            await conn.execute(select(outbox.c.status).where(outbox.c.kind == CALLBACK))
+        ).scalar_one()
+    # Untouched: all of them still pending and never attempted.
+    assert [tuple(row) for row in waiting] == [("pending", 0, WAITING)]
+    assert callback_status == "done"
+
+    # A process with Slack configured (a replica, or this one restarted) still gets them, oldest first.
+    async with engine.connect() as conn:
+        taken = await claim_due(
+            conn, kinds=[SLACK_NOTIFY, SLACK_UPDATE], limit=10, lease=dt.timedelta(seconds=60)
+        )
+        await conn.rollback()
+    assert sorted(c.kind for c in taken) == [SLACK_NOTIFY] * 10 + [SLACK_UPDATE] * 10
+    assert {c.dedupe_key for c in taken} <= {f"waiting:{i}" for i in range(40)}
