@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
@@ -75,6 +76,12 @@ def _guarded(
         # A failed sweep (database restarting, say) is logged and simply tried again next tick.
         try:
             await job(container)
+        except asyncio.CancelledError:
+            # Shutdown cancels a sweep still running. Not an error: its transaction rolls back and
+            # whatever it had claimed is claimed again by the next sweep (here after a restart, or on
+            # another replica). Ending normally here keeps APScheduler from logging it as a crash;
+            # this coroutine is the job's outermost frame, so nothing above it needs the cancellation.
+            log.info("job_cancelled", job=name)
         except Exception:
             log.exception("job_failed", job=name)
 
