@@ -21,6 +21,7 @@ from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.oidc.provider import OidcProvider
 from app.ssrf import CallbackAllowList
+from app.statement_timeout import bounded
 from app.waiters import RequestWaiters
 from approvals.outbox import CALLBACK
 from approvals.policies import LoadedPolicies, load_policies
@@ -42,6 +43,9 @@ class Container:
 
     settings: Settings
     engine: AsyncEngine
+    # The same pool with each statement bounded (APPROVALS_STATEMENT_TIMEOUT_SECONDS): for the agent API,
+    # Slack and step-up, which must answer. `engine` stays unbounded for long compliance reads and sweeps.
+    interactive: AsyncEngine
     policies: ActivePolicies
     allow_list: CallbackAllowList
     dispatcher: OutboxDispatcher
@@ -125,6 +129,7 @@ async def build_container(
     container = Container(
         settings=settings,
         engine=engine,
+        interactive=bounded(engine, settings.statement_timeout_seconds),
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
         dispatcher=OutboxDispatcher(engine),
@@ -141,7 +146,7 @@ async def build_container(
 
         container.slack = build_slack(
             settings,
-            engine=engine,
+            engine=container.interactive,
             dispatcher=container.dispatcher,
             waiters=container.waiters,
             metrics=container.metrics,

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=365)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scheduler_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Longest one SQL statement of the agent API, Slack and step-up may run on PostgreSQL; 0: no limit.
+    statement_timeout_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     checkpoint_key: SecretStr | None = None  # base64 Ed25519 seed; else the key file below
     checkpoint_key_file: Path = Path("var/checkpoint.key")

@@ -34,7 +34,7 @@ POLL_INTERVAL_SECONDS = 1.0
 
 async def _agent(request: web.Request) -> Principal:
     container = container_of(request)
-    return await principal_for(request, container.engine, container.principals, role="agent")
+    return await principal_for(request, container.interactive, container.principals, role="agent")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -64,11 +64,11 @@ async def post_request(request: web.Request) -> web.Response:
     # A concurrent holder of the same key may roll back; then this caller gets to create it.
     for _attempt in range(5):
         if key is not None:
-            async with container.engine.connect() as conn:
+            async with container.interactive.connect() as conn:
                 replay = await replay_idempotent(conn, principal=principal, new=new, idempotency_key=key)
             if replay is not None:
                 return _idempotent_answer(replay)
-        async with container.engine.begin() as conn:
+        async with container.interactive.begin() as conn:
             result = await create_request(
                 conn, principal=principal, new=new, policies=container.policies, idempotency_key=key
             )
@@ -112,7 +112,7 @@ async def get_request_view(request: web.Request) -> web.Response:
     request_id = request.match_info["id"]
     deadline = time.monotonic() + _wait_seconds(request)
     while True:
-        async with container.engine.connect() as conn:
+        async with container.interactive.connect() as conn:
             view = await get_request(conn, principal=principal, request_id=request_id)
         remaining = deadline - time.monotonic()
         if view["status"] in FINAL_STATUSES or remaining <= 0:
@@ -124,7 +124,7 @@ async def post_cancel(request: web.Request) -> web.Response:
     container = container_of(request)
     principal = await _agent(request)
     await read_json_object(request, required=False)
-    async with container.engine.begin() as conn:
+    async with container.interactive.begin() as conn:
         view = await cancel_request(conn, principal=principal, request_id=request.match_info["id"])
     container.committed(view["id"])
     return web.json_response(view)
@@ -134,7 +134,7 @@ async def post_outcome(request: web.Request) -> web.Response:
     container = container_of(request)
     principal = await _agent(request)
     body = parse_body(OutcomeBody, await read_json_object(request))
-    async with container.engine.begin() as conn:
+    async with container.interactive.begin() as conn:
         view = await record_outcome(
             conn,
             principal=principal,

@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.statement_timeout import is_statement_timeout
 from approvals.errors import DomainError
 
 log = structlog.get_logger("approvals.http")
@@ -65,6 +66,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code, message = _AIOHTTP_CODES.get(exc.status, ("http_error", exc.reason))
         return error_response(exc.status, code, message)
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        if is_statement_timeout(exc):
+            # A statement ran past APPROVALS_STATEMENT_TIMEOUT_SECONDS (a lock held too long, a frozen
+            # server): the server cancelled it and its transaction rolled back, so nothing was half-written.
+            log.error("database_timeout", method=request.method, path=request.path)
+            response = error_response(
+                503,
+                "database_timeout",
+                "the database did not answer in time; nothing was changed, retry shortly",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         # The database is restarting, unreachable or out of connections: a retryable answer, not a crash.
         log.error("database_unavailable", method=request.method, path=request.path, error=type(exc).__name__)
         response = error_response(503, "database_unavailable", "the database is unavailable; retry shortly")

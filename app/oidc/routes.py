@@ -68,11 +68,11 @@ async def start_step_up(request: web.Request) -> web.StreamResponse:
         endpoints = await provider.endpoints()
     except IdpUnreachable as exc:
         log.warning("idp_unreachable", step="discovery", error=str(exc))
-        async with container.engine.begin() as conn:
+        async with container.interactive.begin() as conn:
             failure = await note_step_up_problem(conn, intent_id, "idp_unreachable", str(exc))
         return failure_page(failure.reason if failure.reason == "unknown_intent" else "idp_unreachable")
     state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
-    async with container.engine.begin() as conn:
+    async with container.interactive.begin() as conn:
         intent = await begin_step_up(conn, intent_id, state=state, nonce=nonce, code_verifier=verifier)
     if isinstance(intent, StepUpFailure):
         return failure_page(intent.reason, intent.detail)
@@ -106,7 +106,7 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
         return page(
             400, "Not a sign-in response", "This address is only for your identity provider's answer."
         )
-    async with container.engine.begin() as conn:
+    async with container.interactive.begin() as conn:
         intent = await claim_callback(conn, state)
     if isinstance(intent, StepUpFailure):
         return failure_page(intent.reason, intent.detail)
@@ -141,7 +141,7 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
     except TokenRejected as exc:
         return await _fail(request, intent, exc.reason, exc.detail)
 
-    async with container.engine.begin() as conn:
+    async with container.interactive.begin() as conn:
         outcome = await complete_step_up(conn, intent.id, login)
     container.committed(intent.request_id)
     if isinstance(outcome, StepUpFailure):
@@ -153,7 +153,7 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
 
 async def _fail(request: web.Request, intent: Intent, reason: FailureReason, detail: str) -> web.Response:
     log.info("step_up_failed", request_id=intent.request_id, reason=reason, detail=detail)
-    async with container_of(request).engine.begin() as conn:
+    async with container_of(request).interactive.begin() as conn:
         await fail_step_up(conn, intent.id, reason, detail)
     return failure_page(reason, detail)
 
