@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import structlog
@@ -28,6 +28,10 @@ BATCH = 50  # rows leased per kind and claim (claim_due asks each kind on its ow
 # low (rate limits); agent callbacks, which wait on other people's servers, register more.
 DELIVERY_CONCURRENCY = 4
 DEBOUNCE_SECONDS = 0.005
+# Finished attempts are recorded together: once this many wait, and whatever is left when the batch
+# ends. A transaction per attempt cost more CPU than the HTTP request itself. A crash before the record
+# only means the delivery is made again (same webhook-id) once its lease runs out, as before.
+SETTLE_AT = 25
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ class OutboxDispatcher:
         self._concurrency: dict[str, int] = {}
         self._preparers: dict[str, Preparer] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
-        # Attempts waiting to be recorded, and the lock whose holder records them all (group commit).
-        self._unsettled: list[Attempt] = []
+        # Attempts waiting to be recorded (with when they started), and the lock whose holder records
+        # them all (group commit).
+        self._unsettled: list[tuple[Attempt, float]] = []
         self._settling = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -149,6 +154,7 @@ class OutboxDispatcher:
                 await self._deliver(item)
 
         await asyncio.gather(*(deliver(item) for item in claimed))
+        await self._settle_unsettled()  # the batch is recorded before the next claim (and before returning)
         return len(claimed)
 
     async def _deliver(self, item: Claimed) -> None:
@@ -186,17 +192,20 @@ class OutboxDispatcher:
                 await settle_many(conn, [attempt])
                 await outcome.then(conn)
             return
-        self._unsettled.append(attempt)
-        await self._settle_unsettled()
+        self._unsettled.append((attempt, started))
+        if len(self._unsettled) >= SETTLE_AT:
+            await self._settle_unsettled()
 
     async def _settle_unsettled(self) -> None:
         """Record every attempt waiting, in one transaction: the first to get the lock writes what
         accumulated while the previous writer held it, so a burst of deliveries costs a few commits.
         A failed write leaves its rows leased: they come due again when the lease runs out."""
         async with self._settling:
-            attempts, self._unsettled = self._unsettled, []
-            if not attempts:
+            waiting, self._unsettled = self._unsettled, []
+            if not waiting:
                 return
+            recorded = time.perf_counter()
+            attempts = [replace(attempt, ago=recorded - started) for attempt, started in waiting]
             try:
                 async with self._engine.begin() as conn:
                     await settle_many(conn, attempts)
@@ -208,5 +217,7 @@ class OutboxDispatcher:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        # Attempts made before the stop are recorded now rather than made again after their lease.
+        await self._settle_unsettled()
         for closer in self._closers:
             await closer()

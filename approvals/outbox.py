@@ -158,6 +158,9 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     retry_in: float | None = None
+    # Seconds between the attempt's start and its recording, when it is recorded later (with others):
+    # its time is then the database clock at recording minus this, not the moment of recording.
+    ago: float | None = None
 
 
 _RETRY = (
@@ -188,7 +191,8 @@ async def settle_many(conn: AsyncConnection, attempts: list[Attempt]) -> None:
                 "kind": a.claimed.kind,
                 "attempt": a.claimed.attempt,
                 "target": a.target,
-                "started_at": a.started_at or now,
+                "started_at": a.started_at
+                or (now - dt.timedelta(seconds=a.ago) if a.ago is not None else now),
                 "latency_ms": a.latency_ms,
                 "status_code": a.status_code,
                 "result": a.result,
