@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.audit_report import render_report
 from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl, parse_time
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
-from app.cli_support import fail, in_transaction, print_result, settings_or_exit
+from app.cli_support import fail, in_transaction, print_result, settings_or_exit, with_engine
 from app.database import build_engine
-from approvals.audit import VerifyReport, verify_all
 from approvals.audit_queries import events_of_kind
 from approvals.auditors import NewKey, add_auditor_key
 from approvals.chains import count_chains, iter_chains
-from approvals.checkpoints import CheckpointProblem, create_checkpoint, latest_checkpoint, verify_checkpoints
+from approvals.checkpoints import create_checkpoint, latest_checkpoint
 from approvals.errors import DomainError
+from approvals.log_verification import LogVerdict, verify_audit_log
 from approvals.report_data import SAMPLE_SIZE, ReportData, gather_report, read_only_snapshot
 
 
@@ -45,23 +45,29 @@ def _key() -> CheckpointKey:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A checkpoint exported earlier (kept outside the database) that must still match.",
 )
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Recompute every hash in this process instead of letting PostgreSQL hash the log where it lies.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(exported_file: Path | None, as_json: bool) -> None:
+def audit_verify(exported_file: Path | None, in_process: bool, as_json: bool) -> None:
     """Recompute every hash chain and signed checkpoint; name the first broken link (exit 1 if any)."""
     key = _key()
     exported = json.loads(exported_file.read_text()) if exported_file else None
     if exported is not None and exported.get("public_key") != key.public_b64:
         fail("error: the exported checkpoint was signed by another key than the configured one", 1)
 
-    async def work(conn: AsyncConnection) -> tuple[VerifyReport, int, CheckpointProblem | None]:
-        report = await verify_all(conn)
-        checkpoints, problem = await verify_checkpoints(conn, verify=key.verify, exported=exported)
-        return report, checkpoints, problem
+    async def work(engine: AsyncEngine) -> LogVerdict:
+        return await verify_audit_log(
+            engine, verify=key.verify, exported=exported, hash_in_database=not in_process
+        )
 
-    report, checkpoints, problem = in_transaction(work)
+    verdict = with_engine(work)
+    report, checkpoints, problem = verdict.chains, verdict.checkpoints, verdict.checkpoint_problem
     brk = report.first_break
     result: dict[str, Any] = {
-        "ok": report.ok and problem is None,
+        "ok": verdict.ok,
         "chains": report.chains,
         "events": report.events,
         "checkpoints": checkpoints,

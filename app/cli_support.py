@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.bootstrap import StartupError, prepare_database
 from app.config import ConfigError, Settings, load_settings
@@ -33,14 +33,23 @@ def settings_or_exit() -> Settings:
 
 def in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run one use case in one transaction on a checked (or auto-migrated) database."""
+
+    async def run(engine: AsyncEngine) -> T:
+        async with engine.begin() as conn:
+            return await work(conn)
+
+    return with_engine(run)
+
+
+def with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run a use case that opens its own transactions, on a checked (or auto-migrated) database."""
     settings = settings_or_exit()
 
     async def run() -> T:
         engine = build_engine(settings.database_url)
         try:
             await prepare_database(engine, settings)
-            async with engine.begin() as conn:
-                return await work(conn)
+            return await work(engine)
         finally:
             await engine.dispose()
 

@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from approvals.audit import canonical_text
+
 
 def async_url(url: str) -> str:
     """Accept plain sqlite:/// and postgresql:// URLs and pick our async drivers for them."""
@@ -24,6 +26,9 @@ def build_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine; on SQLite every transaction takes the write lock up front so concurrent writers queue."""
     url = async_url(url)
     parsed = make_url(url)
+    # JSON columns hold canonical JSON (sorted keys, no spaces): an audit event's data is then stored
+    # as the exact text its hash covers, which lets verification hash it where it lies.
+    kwargs.setdefault("json_serializer", canonical_text)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 5)

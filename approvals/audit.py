@@ -8,9 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, Text, cast, literal_column, select, text, update
+from sqlalchemy import DateTime, Text, cast, literal_column, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.audit_sql import MISSING, UNLINKED, UNSEALED, ChainFindings, chain_findings
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.tables import audit_events, chain_heads
 
@@ -31,6 +32,12 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 def canonical_json(value: Any) -> bytes:
     """The one byte form we hash: sorted keys, no whitespace, UTF-8."""
     return _CANONICAL.encode(value).encode()
+
+
+def canonical_text(value: Any) -> str:
+    """canonical_json as text. JSON columns are written this way, so an event's stored data is the
+    very text its hash covers and the database can check the hash without decoding anything."""
+    return _CANONICAL.encode(value)
 
 
 def format_time(value: dt.datetime) -> str:
@@ -255,33 +262,89 @@ class VerifyReport:
         return self.first_break is None
 
 
-async def verify_all(conn: AsyncConnection) -> VerifyReport:
-    """Recompute every chain in one pass over the log, and check each chain's head row agrees.
+# More events than this that PostgreSQL could not seal (a log written before JSON columns held
+# canonical text) and verify_all re-checks the whole log in Python rather than row by row.
+_RECHECK_LIMIT = 10_000
+
+
+async def verify_all(conn: AsyncConnection, *, hash_in_database: bool = True) -> VerifyReport:
+    """Recompute every chain, and check each chain's head row agrees.
 
     A chain whose events were deleted entirely but whose head row remains is reported too. The
     report names the first broken chain in chain order, at its first broken link in seq order.
 
-    The log is read in id order, which is the table's own order (a sequential read, where chain
-    order makes the database visit a page per event), keeping each chain's place as it goes. Appends
-    to a chain are serialised by its head row, so its ids ascend with its seqs; a chain whose events
-    come in any other order (or with a gap) is read again at the end, in seq order.
+    On PostgreSQL the database hashes every event where it lies and reports only what is out of
+    place (approvals.audit_sql); whatever it could not seal is re-checked here by the exact path.
+    `hash_in_database=False` recomputes every hash in this process instead, for an auditor who
+    does not want to rely on the database server's own functions. SQLite is always checked here.
     """
     postgres = is_postgres(conn)
     if postgres:
         await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
-    # chain_id -> [head seq, head hash, next expected seq, hash to link to]; the expected seq is None
-    # until the chain's first event, and 0 once the chain is broken or out of order.
-    chains_by_id: dict[str, list[Any]] = {
-        row.chain_id: [row.seq, row.hash, None, GENESIS_HASH]
-        for row in await conn.execute(select(chain_heads))
-    }
+        if hash_in_database:
+            found = await chain_findings(conn, GENESIS_HASH, give_up_after=_RECHECK_LIMIT)
+            if found is not None:
+                return await _report_findings(conn, found)
+    return await _verify_in_process(conn, postgres)
+
+
+async def _report_findings(conn: AsyncConnection, found: ChainFindings) -> VerifyReport:
+    """verify_all's report from what PostgreSQL found, after re-checking unsealed events here."""
+    suspects: list[tuple[str, int]] = []  # unsealed events before each chain's first other finding
+    for chain_id, (findings, _last, _head) in found.broken.items():
+        for seq, _place, finding in findings:
+            if finding != UNSEALED:
+                break
+            suspects.append((chain_id, seq))
+    proven = await _recheck(conn, suspects)
+    breaks: dict[str, ChainBreak] = {}
+    for chain_id, (findings, (last_seq, last_hash), head) in found.broken.items():
+        brk: ChainBreak | None = None
+        for seq, place, finding in findings:
+            if finding == MISSING:
+                brk = ChainBreak(chain_id, place, f"event {place} is missing")
+            elif finding == UNLINKED:
+                brk = ChainBreak(chain_id, seq, "prev_hash does not match the event before it")
+            elif (chain_id, seq) not in proven:
+                brk = ChainBreak(chain_id, seq, CONTENT_CHANGED)
+            if brk is not None:
+                break
+        if brk is None and head is not None and head != (last_seq, last_hash):
+            brk = ChainBreak(chain_id, int(last_seq) + 1, "events after this point were removed")
+        if brk is not None:
+            breaks[chain_id] = brk
+    first_break: ChainBreak | None = None
+    if breaks:
+        first_break = breaks[await _first_in_chain_order(conn, list(breaks))]
+    elif found.head_only:
+        first_break = ChainBreak(min(found.head_only), 1, "the whole chain was removed")
+    return VerifyReport(chains=found.chains, events=found.events, first_break=first_break)
+
+
+async def _recheck(conn: AsyncConnection, events: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Of these (chain, seq) events, those whose content matches their hash by the exact path."""
+    matches = _ContentCheck(postgres=True)
     c = audit_events.c
-    # On PostgreSQL the JSON column is read as its text, and the time as its UTC text too (to_char's
-    # form is format_time's for years 1000-9999; NULL outside them, where the time comes as the
-    # aware datetime psycopg gives instead). That lets most events be hashed straight from what was
-    # read (_stored_body); the others, and any whose shortcut does not match, are decided by
-    # event_hash over the data as psycopg would decode it. Functions are named in pg_catalog so
-    # that nothing on the search path can stand in for them.
+    proven: set[tuple[str, int]] = set()
+    for start in range(0, len(events), 1000):
+        some = events[start : start + 1000]
+        rows = await conn.execute(select(*_event_columns(True)).where(tuple_(c.chain_id, c.seq).in_(some)))
+        proven.update((row[0], row[1]) for row in rows if matches(row))
+    return proven
+
+
+def _event_columns(postgres: bool) -> tuple[Any, ...]:
+    """What verification reads of an event: chain_id, seq, kind, actor, data, time as text (or None),
+    time, prev_hash, hash.
+
+    On PostgreSQL the JSON column is read as its text, and the time as its UTC text too (to_char's
+    form is format_time's for years 1000-9999; NULL outside them, where the time comes as the
+    aware datetime psycopg gives instead). That lets most events be hashed straight from what was
+    read (_stored_body); the others, and any whose shortcut does not match, are decided by
+    event_hash over the data as psycopg would decode it. Functions are named in pg_catalog so
+    that nothing on the search path can stand in for them.
+    """
+    c = audit_events.c
     if postgres:
         in_range = (
             "audit_events.created_at >= '1000-01-01 00:00:00+00'::pg_catalog.timestamptz"
@@ -301,24 +364,24 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
         ]
     else:
         columns = [c.data, literal_column("NULL").label("at_text"), c.created_at]
-    event_columns = (c.chain_id, c.seq, c.kind, c.actor, *columns, c.prev_hash, c.hash)
-    result = await conn.stream(select(*event_columns).order_by(c.id).execution_options(yield_per=5000))
-    chains = events = 0
-    breaks: dict[str, ChainBreak] = {}
-    unordered: list[str] = []  # chains whose events are not in seq order (or have a gap) by id
+    return (c.chain_id, c.seq, c.kind, c.actor, *columns, c.prev_hash, c.hash)
 
-    encode, loads, sha256 = _CANONICAL.encode, json.loads, hashlib.sha256
-    last_time: Any = None
-    last_text = ""
-    # JSON text as stored -> its _compact form, or "" where the shortcut does not apply. Payloads
-    # recur (policy decisions, final states), so many events need no work on their data at all.
-    compacted_texts: dict[Any, str] = {}
 
-    def content_matches(row: Any) -> bool:
-        nonlocal last_time, last_text
+class _ContentCheck:
+    """Whether a row read with _event_columns hashes to its stored hash: the shortest sure way."""
+
+    def __init__(self, *, postgres: bool) -> None:
+        self._postgres = postgres
+        self._last_time: Any = None
+        self._last_text = ""
+        # JSON text as stored -> its _compact form, or "" where the shortcut does not apply. Payloads
+        # recur (policy decisions, final states), so many events need no work on their data at all.
+        self._compacted: dict[Any, str] = {}
+
+    def __call__(self, row: Any) -> bool:
         chain_id, seq, kind, actor, payload, when, created_at, link, digest = row
-        if postgres:
-            compacted = compacted_texts.get(payload)
+        if self._postgres:
+            compacted = self._compacted.get(payload)
             if compacted is None:
                 # Only valid JSON (PostgreSQL's json type) without a backslash can be _compact-ed.
                 compacted = ""
@@ -327,28 +390,49 @@ async def verify_all(conn: AsyncConnection) -> VerifyReport:
                         compacted = _compact(payload)
                     except ValueError:  # not JSON as PostgreSQL keeps it (cannot be): no shortcut
                         pass
-                if len(compacted_texts) >= 50_000:
-                    compacted_texts.clear()
-                compacted_texts[payload] = compacted
+                if len(self._compacted) >= 50_000:
+                    self._compacted.clear()
+                self._compacted[payload] = compacted
             if compacted and when is not None:
                 try:
-                    if (
-                        sha256(_stored_body(chain_id, seq, kind, actor, compacted, when, link)).hexdigest()
-                        == digest
-                    ):
+                    body = _stored_body(chain_id, seq, kind, actor, compacted, when, link)
+                    if hashlib.sha256(body).hexdigest() == digest:
                         return True
                 except TypeError:  # a value of another type than its column's (tampered)
                     pass
             # The reference: event_hash over what psycopg would give for this row.
             if when is not None:
                 created_at = dt.datetime.strptime(when, _TIME_FORMAT).replace(tzinfo=dt.UTC)
-            return _hash_matches(row, loads(payload), created_at)
-        if created_at != last_time:
-            last_time, last_text = created_at, format_time(created_at)
-        body = _event_body(chain_id, seq, kind, actor, encode(payload), last_text, link)
-        if body is None:
+            return _hash_matches(row, json.loads(payload), created_at)
+        if created_at != self._last_time:
+            self._last_time, self._last_text = created_at, format_time(created_at)
+        written = _event_body(chain_id, seq, kind, actor, _CANONICAL.encode(payload), self._last_text, link)
+        if written is None:
             return _hash_matches(row, payload, created_at)
-        return bool(sha256(body).hexdigest() == digest)
+        return bool(hashlib.sha256(written).hexdigest() == digest)
+
+
+async def _verify_in_process(conn: AsyncConnection, postgres: bool) -> VerifyReport:
+    """verify_all with every hash recomputed here, in one pass over the log.
+
+    The log is read in id order, which is the table's own order (a sequential read, where chain
+    order makes the database visit a page per event), keeping each chain's place as it goes. Appends
+    to a chain are serialised by its head row, so its ids ascend with its seqs; a chain whose events
+    come in any other order (or with a gap) is read again at the end, in seq order.
+    """
+    # chain_id -> [head seq, head hash, next expected seq, hash to link to]; the expected seq is None
+    # until the chain's first event, and 0 once the chain is broken or out of order.
+    chains_by_id: dict[str, list[Any]] = {
+        row.chain_id: [row.seq, row.hash, None, GENESIS_HASH]
+        for row in await conn.execute(select(chain_heads))
+    }
+    c = audit_events.c
+    event_columns = _event_columns(postgres)
+    result = await conn.stream(select(*event_columns).order_by(c.id).execution_options(yield_per=5000))
+    chains = events = 0
+    breaks: dict[str, ChainBreak] = {}
+    unordered: list[str] = []  # chains whose events are not in seq order (or have a gap) by id
+    content_matches = _ContentCheck(postgres=postgres)
 
     async for partition in result.partitions():
         for row in partition:

@@ -1,9 +1,12 @@
 """Signed checkpoints over the whole audit log, so that removing entire chains is detected too.
 
 Each checkpoint covers the events with ids after the previous checkpoint's last id, in id order, and
-carries a running hash (SHA-256 over the previous running hash and each covered event's hash), the
+carries a running hash over the previous checkpoint's running hash and each covered event's hash, the
 counts, and a signature by the service's checkpoint key. Signing is passed in: the domain stays free
-of key handling.
+of key handling. Two schemes form the running hash (the `scheme` column, signed from scheme 2 on):
+SCHEME_STEPWISE, SHA-256 advanced one event at a time (checkpoints written before migration 0008),
+and SCHEME_DIGEST, one SHA-256 over the previous running hash and every covered hash concatenated,
+which PostgreSQL can compute where the log lies (approvals.audit_sql) when verifying.
 
 A retention purge (approvals/retention.py) removes old request chains but never a checkpoint: it keeps
 each removed event's id and hash in `audit_purged_events`, bound by a purge record signed with the same
@@ -14,6 +17,7 @@ other way is still missing from the count.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +28,7 @@ from sqlalchemy import func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 
 from approvals.audit import GENESIS_HASH, PURGE_LOCK_ID, canonical_json, format_time
+from approvals.audit_sql import checkpoint_digests
 from approvals.db import db_now, is_postgres
 from approvals.tables import audit_checkpoints, audit_events, audit_purged_events, audit_purges
 
@@ -40,29 +45,53 @@ PURGE_EVENT_KIND = "retention_purged"
 Signer = Callable[[bytes], str]
 Verifier = Callable[[bytes, str], bool]
 
+SCHEME_STEPWISE = 1  # running = SHA-256(running + hash), for each covered event in id order
+SCHEME_DIGEST = 2  # running = SHA-256(previous running + every covered hash, in id order, concatenated)
+# A scheme-2 checkpoint covering more events than this is recomputed here, streaming, rather than by
+# the database, which would hold all its hashes in one value (64 bytes each) to hash them.
+DATABASE_DIGEST_LIMIT = 1_000_000
+
 
 def checkpoint_body(row: Any) -> bytes:
-    """The exact bytes that are signed: every field of the checkpoint but the signature."""
-    return canonical_json(
-        {
-            "number": row["number"],
-            "created_at": format_time(row["created_at"]),
-            "first_event_id": row["first_event_id"],
-            "last_event_id": row["last_event_id"],
-            "event_count": row["event_count"],
-            "total_events": row["total_events"],
-            "running_hash": row["running_hash"],
-            "key_id": row["key_id"],
-        }
-    )
+    """The exact bytes that are signed: every field of the checkpoint but the signature.
+
+    Scheme 1 checkpoints were signed before the scheme was a field, so it is named from scheme 2 on.
+    """
+    body = {
+        "number": row["number"],
+        "created_at": format_time(row["created_at"]),
+        "first_event_id": row["first_event_id"],
+        "last_event_id": row["last_event_id"],
+        "event_count": row["event_count"],
+        "total_events": row["total_events"],
+        "running_hash": row["running_hash"],
+        "key_id": row["key_id"],
+    }
+    scheme = row.get("scheme", SCHEME_STEPWISE)
+    if scheme != SCHEME_STEPWISE:
+        body["scheme"] = scheme
+    return canonical_json(body)
 
 
-def _advance(running: str, event_hash: str) -> str:
-    return hashlib.sha256((running + event_hash).encode()).hexdigest()
+class _Running:
+    """A running hash being advanced over event hashes under one scheme."""
+
+    def __init__(self, start: str, scheme: int) -> None:
+        self.scheme, self._value = scheme, start
+        self._digest = hashlib.sha256(start.encode()) if scheme == SCHEME_DIGEST else None
+
+    def add(self, event_hash: str) -> None:
+        if self._digest is not None:
+            self._digest.update(event_hash.encode())
+        else:
+            self._value = hashlib.sha256((self._value + event_hash).encode()).hexdigest()
+
+    def value(self) -> str:
+        return self._digest.hexdigest() if self._digest is not None else self._value
 
 
 async def _running_hash(conn: AsyncConnection, start: str, after_id: int, up_to_id: int) -> tuple[str, int]:
-    running, count = start, 0
+    running, count = _Running(start, SCHEME_DIGEST), 0
     result = await conn.stream(
         select(audit_events.c.hash)
         .where(audit_events.c.id > after_id, audit_events.c.id <= up_to_id)
@@ -71,8 +100,9 @@ async def _running_hash(conn: AsyncConnection, start: str, after_id: int, up_to_
     )
     async for partition in result.partitions():
         for row in partition:
-            running, count = _advance(running, row.hash), count + 1
-    return running, count
+            running.add(row.hash)
+        count += len(partition)
+    return running.value(), count
 
 
 def _merged_hashes(after_id: int, up_to_id: int) -> Any:
@@ -88,7 +118,7 @@ def _merged_hashes(after_id: int, up_to_id: int) -> Any:
 
 
 async def _running_hash_with_purged(
-    conn: AsyncConnection, start: str, after_id: int, up_to_id: int
+    conn: AsyncConnection, start: str, after_id: int, up_to_id: int, scheme: int
 ) -> tuple[str, int, int | None]:
     """The running hash over surviving events and purged events' recorded hashes, merged in id order.
 
@@ -97,7 +127,7 @@ async def _running_hash_with_purged(
     """
     result = await conn.stream(_merged_hashes(after_id, up_to_id))
     try:
-        return await _MergedHashes(result).running_hash(start, up_to_id)
+        return await _MergedHashes(result).running_hash(_Running(start, scheme), up_to_id)
     finally:
         await result.close()
 
@@ -110,27 +140,38 @@ class _MergedHashes:
         self._rows: Sequence[Any] = ()
         self._at = 0
 
-    async def running_hash(self, running: str, up_to_id: int) -> tuple[str, int, int | None]:
-        """Advance `running` over the next rows with ids up to `up_to_id`: (hash, count, id in both)."""
-        count, previous_id = 0, None
+    async def running_hash(self, running: _Running | None, up_to_id: int) -> tuple[str, int, int | None]:
+        """Advance `running` over the next rows with ids up to `up_to_id`: (hash, count, id in both).
+        With None the rows are only passed over (a checkpoint the database recomputed)."""
+        count, previous_id, both = 0, None, None
         sha256 = hashlib.sha256
+        stepwise = running is not None and running.scheme == SCHEME_STEPWISE
+        value = running.value() if running is not None else ""
         while True:
-            rows = self._rows
+            rows, index = self._rows, self._at
             for index in range(self._at, len(rows)):
                 row_id, digest = rows[index]
                 if row_id > up_to_id:
-                    self._at = index  # where the next checkpoint's range starts
-                    return running, count, None
+                    break
                 if row_id == previous_id:
-                    self._at = index
-                    return running, count, int(row_id)
-                running = sha256((running + digest).encode()).hexdigest()
+                    both = int(row_id)
+                    break
+                if stepwise:  # inlined: the hot loop of verifying an older log
+                    value = sha256((value + digest).encode()).hexdigest()
+                elif running is not None:
+                    running.add(digest)
                 count, previous_id = count + 1, row_id
-            try:
-                self._rows, self._at = await self._partitions.__anext__(), 0
-            except StopAsyncIteration:
-                self._rows, self._at = (), 0
-                return running, count, None
+            else:
+                try:
+                    self._rows, self._at = await self._partitions.__anext__(), 0
+                    continue
+                except StopAsyncIteration:
+                    self._rows, self._at = (), 0
+                    index = 0
+            self._at = index  # where the next checkpoint's range starts
+            if running is not None and not stepwise:
+                value = running.value()
+            return value, count, both
 
 
 def _one_pass(rows: list[dict[str, Any]]) -> bool:
@@ -178,6 +219,7 @@ async def create_checkpoint(
         "total_events": (int(previous["total_events"]) if previous else 0) + count,
         "running_hash": running,
         "key_id": key_id,
+        "scheme": SCHEME_DIGEST,
     }
     row["signature"] = sign(checkpoint_body(row))
     await conn.execute(audit_checkpoints.insert(), row)
@@ -200,13 +242,20 @@ async def latest_checkpoint(conn: AsyncConnection) -> dict[str, Any] | None:
 
 
 async def verify_checkpoints(
-    conn: AsyncConnection, *, verify: Verifier, exported: dict[str, Any] | None = None
+    conn: AsyncConnection,
+    *,
+    verify: Verifier,
+    exported: dict[str, Any] | None = None,
+    hash_in_database: bool = True,
 ) -> tuple[int, CheckpointProblem | None]:
     """Check every checkpoint's signature, links and running hash against the events it covers.
 
     `exported` is a checkpoint kept outside the database: the stored one must be identical to it.
+    On PostgreSQL scheme-2 running hashes are computed by the database where the log lies, while
+    this process checks the signatures; `hash_in_database=False` computes them here as well.
     """
-    if is_postgres(conn):
+    postgres = is_postgres(conn)
+    if postgres:
         # A purge deletes events and records their hashes in one transaction; while we read, it waits.
         await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
     rows = [
@@ -218,25 +267,53 @@ async def verify_checkpoints(
     purge_problem = await verify_purges(conn, verify=verify, checkpoints=rows)
     if purge_problem is not None:
         return len(rows), purge_problem
-    # Normally one statement reads every covered event for all checkpoints (a purge committing
+    one_pass = bool(rows) and _one_pass(rows)
+    # number -> (events, running hash) as the database computed them, while the signatures are
+    # checked here meanwhile (they cost this process more than anything else verification does).
+    computed: dict[int, tuple[int, str]] = {}
+    both = None
+    if postgres and hash_in_database and one_pass:
+        query = asyncio.ensure_future(checkpoint_digests(conn, GENESIS_HASH, limit=DATABASE_DIGEST_LIMIT))
+        try:
+            signed = await _signatures(rows, verify)
+        finally:
+            digests, both = await query
+        computed = {number: (events, digest) for number, events, digest in digests}
+    else:
+        signed = await _signatures(rows, verify)
+    # Normally one statement reads every covered event the database did not (a purge committing
     # meanwhile is seen entirely or not at all); checkpoints that do not follow one another (forged,
     # or rows removed) are checked one range at a time, as they come.
     result = None
-    if rows and _one_pass(rows):
-        result = await conn.stream(_merged_hashes(0, int(rows[-1]["last_event_id"])))
+    rest = [int(r["last_event_id"]) for r in rows if int(r["number"]) not in computed]
+    if one_pass and rest:
+        result = await conn.stream(_merged_hashes(0, max(rest)))
     try:
-        return await _check_checkpoints(conn, rows, verify, exported, result)
+        return await _check_checkpoints(conn, rows, signed, exported, result, computed, both)
     finally:
         if result is not None:
             await result.close()
 
 
+async def _signatures(rows: list[dict[str, Any]], verify: Verifier) -> list[bool]:
+    """Whether each checkpoint's signature verifies, letting the event loop run between batches (the
+    database's answer, or another connection's, comes in meanwhile)."""
+    signed = []
+    for index, row in enumerate(rows):
+        signed.append(verify(checkpoint_body(row), row["signature"]))
+        if index % 256 == 255:
+            await asyncio.sleep(0)
+    return signed
+
+
 async def _check_checkpoints(
     conn: AsyncConnection,
     rows: list[dict[str, Any]],
-    verify: Verifier,
+    signed: list[bool],
     exported: dict[str, Any] | None,
     result: AsyncResult[Any] | None,
+    computed: dict[int, tuple[int, str]],
+    both_in_database: int | None,
 ) -> tuple[int, CheckpointProblem | None]:
     merged = _MergedHashes(result) if result is not None else None
     running, after_id, total = GENESIS_HASH, 0, 0
@@ -244,17 +321,25 @@ async def _check_checkpoints(
         number = int(row["number"])
         if number != expected_number:
             return len(rows), CheckpointProblem(expected_number, f"checkpoint {expected_number} is missing")
-        if not verify(checkpoint_body(row), row["signature"]):
+        if not signed[expected_number - 1]:
             return len(rows), CheckpointProblem(
                 number, "signature does not verify (forged or altered checkpoint)"
             )
         if int(row["first_event_id"]) != after_id:
             return len(rows), CheckpointProblem(number, "does not continue from the previous checkpoint")
-        if merged is not None:
-            recomputed, count, both = await merged.running_hash(running, int(row["last_event_id"]))
+        last_id, scheme = int(row["last_event_id"]), int(row.get("scheme", SCHEME_STEPWISE))
+        both: int | None = None
+        if number in computed:
+            count, recomputed = computed[number]
+            if both_in_database is not None and after_id < both_in_database <= last_id:
+                both = both_in_database
+            if merged is not None:
+                await merged.running_hash(None, last_id)
+        elif merged is not None:
+            recomputed, count, both = await merged.running_hash(_Running(running, scheme), last_id)
         else:
             recomputed, count, both = await _running_hash_with_purged(
-                conn, running, after_id, int(row["last_event_id"])
+                conn, running, after_id, last_id, scheme
             )
         if both is not None:
             return len(rows), CheckpointProblem(
@@ -268,7 +353,7 @@ async def _check_checkpoints(
             )
         if recomputed != row["running_hash"]:
             return len(rows), CheckpointProblem(number, "events it covers were changed or reordered")
-        running, after_id = row["running_hash"], int(row["last_event_id"])
+        running, after_id = row["running_hash"], last_id
     if exported is not None:
         number = int(exported["number"])
         stored = next((r for r in rows if int(r["number"]) == number), None)

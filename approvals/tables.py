@@ -10,6 +10,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -240,6 +241,8 @@ audit_checkpoints = Table(
     Column("running_hash", String(64), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", Text, nullable=False),
+    # How running_hash is formed (approvals.checkpoints: SCHEME_STEPWISE or SCHEME_DIGEST).
+    Column("scheme", SmallInteger, nullable=False, server_default="1"),
 )
 
 identity_links = Table(

@@ -88,9 +88,10 @@ from app.chain_formats import jsonl
 from app.checkpoint_keys import CheckpointKey
 from app.database import build_engine
 from app.migrate import upgrade_to_head
-from approvals.audit import GENESIS_HASH, canonical_json, event_hash, format_time, verify_all
+from approvals.audit import GENESIS_HASH, canonical_json, canonical_text, event_hash, format_time
 from approvals.chains import ChainFilter, chain_page, count_chains, iter_chains
-from approvals.checkpoints import checkpoint_body, create_checkpoint, verify_checkpoints
+from approvals.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint
+from approvals.log_verification import verify_audit_log
 from approvals.policies import LoadedPolicies, evaluate, parse_policies
 
 DEFAULT_DB = "bench_audit"
@@ -307,8 +308,8 @@ def cell(value: Any) -> str:
 
 
 def stored_json(value: Any) -> str:
-    """What SQLAlchemy writes into a JSON column on psycopg: json.dumps with its defaults."""
-    return json.dumps(value)
+    """What the service writes into a JSON column (app.database.build_engine's json_serializer)."""
+    return canonical_text(value)
 
 
 def line(values: tuple[Any, ...]) -> str:
@@ -445,6 +446,7 @@ CHECKPOINT_COLUMNS = [
     "running_hash",
     "key_id",
     "signature",
+    "scheme",
 ]
 
 
@@ -530,9 +532,7 @@ class EventLog:
         self.boundary += self.interval
         if not self.window:
             return
-        running = self.running
-        for digest in self.window:
-            running = hashlib.sha256((running + digest).encode()).hexdigest()
+        running = hashlib.sha256("".join([self.running, *self.window]).encode()).hexdigest()  # SCHEME_DIGEST
         self.number += 1
         last_id = self.next_id - 1
         row: dict[str, Any] = {
@@ -544,6 +544,7 @@ class EventLog:
             "total_events": self.total + len(self.window),
             "running_hash": running,
             "key_id": self.key.key_id,
+            "scheme": SCHEME_DIGEST,
         }
         row["signature"] = self.key.sign(checkpoint_body(row))
         self.checkpoints.add(*(row[c] for c in CHECKPOINT_COLUMNS))
@@ -1117,26 +1118,32 @@ class Figures:
 
 
 async def measure_verify(engine: AsyncEngine, key: CheckpointKey) -> dict[str, Any]:
-    """`approvals audit verify`: verify_all then verify_checkpoints, one transaction."""
-    async with engine.begin() as conn:
-        pid = await backend_pid(conn)
-        with Phase([pid]) as phase:
-            t0 = time.perf_counter()
-            report = await verify_all(conn)
-            t1 = time.perf_counter()
-            checkpoints, problem = await verify_checkpoints(conn, verify=key.verify)
-            t2 = time.perf_counter()
+    """`approvals audit verify`: approvals.log_verification.verify_audit_log, as the CLI runs it
+    (chains and checkpoints side by side on two connections; PostgreSQL hashes the log), then the
+    same with --in-process (every hash recomputed in this process) for comparison."""
+    async with engine.connect() as one, engine.connect() as two:  # the two sessions it will use
+        pids = [await backend_pid(one), await backend_pid(two)]
+    with Phase(pids) as phase:
+        t0 = time.perf_counter()
+        verdict = await verify_audit_log(engine, verify=key.verify)
+        t1 = time.perf_counter()
+    with Phase(pids) as in_process_phase:
+        in_process = await verify_audit_log(engine, verify=key.verify, hash_in_database=False)
+    report = verdict.chains
     return {
         "events": report.events,
         "chains": report.chains,
-        "checkpoints": checkpoints,
-        "ok": report.ok and problem is None,
-        "problem": str(report.first_break or problem or ""),
-        "chains_seconds": t1 - t0,
-        "checkpoints_seconds": t2 - t1,
-        "seconds": t2 - t0,
-        "eps": report.events / (t2 - t0),
+        "checkpoints": verdict.checkpoints,
+        "ok": verdict.ok and in_process.ok,
+        "problem": str(
+            report.first_break or verdict.checkpoint_problem or in_process.chains.first_break or ""
+        ),
+        "seconds": t1 - t0,
+        "eps": report.events / (t1 - t0),
         "phase": phase,
+        "in_process_eps": report.events / in_process_phase.wall,
+        "in_process_seconds": in_process_phase.wall,
+        "in_process_phase": in_process_phase,
     }
 
 
@@ -1166,11 +1173,11 @@ def baseline_hash(libpq: str, sample: int) -> dict[str, Any]:
     stored = [row[7] for row in rows]
     sha256 = hashlib.sha256
     with Phase([]) as phase:
-        running = GENESIS_HASH
+        running = sha256(GENESIS_HASH.encode())
         digests = []
         for body in bodies:
             digest = sha256(body).hexdigest()
-            running = sha256((running + digest).encode()).hexdigest()
+            running.update(digest.encode())  # the checkpoints' running hash (scheme 2)
             digests.append(digest)
     assert digests == stored, "the baseline's bytes are not the ones the hashes were made from"
     return {"events": len(bodies), "eps": len(bodies) / phase.wall, "phase": phase}
@@ -1395,7 +1402,7 @@ def print_verify(f: Figures) -> None:
     v = f.verify
     print()
     print(
-        "verify (`approvals audit verify`: verify_all + verify_checkpoints, one transaction; "
+        "verify (`approvals audit verify`: every chain and checkpoint, on two connections; "
         f"warm {v['warm'][0]:,.0f} MB in {v['warm'][1]:.0f} s)"
     )
     hashing, read = v["hash_baseline"], v["read_baseline"]
@@ -1403,9 +1410,16 @@ def print_verify(f: Figures) -> None:
         (
             "service",
             f"{v['eps']:,.0f} events/s",
-            f"{v['seconds']:.1f} s (chains {v['chains_seconds']:.1f} s, checkpoints {v['checkpoints_seconds']:.1f} s)",
+            f"{v['seconds']:.1f} s (chains and checkpoints side by side, hashed in PostgreSQL)",
             "",
             v["phase"].cpu(),
+        ),
+        (
+            "service --in-process",
+            f"{v['in_process_eps']:,.0f} events/s",
+            f"{v['in_process_seconds']:.1f} s (every hash recomputed in this process)",
+            "",
+            v["in_process_phase"].cpu(),
         ),
         (
             "baseline: sha256 loop",

@@ -157,12 +157,16 @@ async def test_cli_keys_export_and_verify(api: Api, database_url: str, tmp_path:
     assert report["events"] >= 14
 
 
-@pytest.mark.parametrize("tamper", ["edit", "delete_event", "delete_chain", "reorder"])
-async def test_verify_names_the_first_broken_link(api: Api, database_url: str, tamper: str) -> None:
+@pytest.mark.parametrize("mode", [[], ["--in-process"]], ids=["hashed_in_database", "in_process"])
+@pytest.mark.parametrize("tamper", ["edit", "edit_data", "delete_event", "delete_chain", "reorder"])
+async def test_verify_names_the_first_broken_link(
+    api: Api, database_url: str, tamper: str, mode: list[str]
+) -> None:
     ids = await _seed(api)
     target = ids["human"]
     statements = {
         "edit": ["UPDATE audit_events SET actor = 'mallory' WHERE chain_id = :c AND seq = 3"],
+        "edit_data": ["UPDATE audit_events SET data = '[]' WHERE chain_id = :c AND seq = 2"],
         "delete_event": ["DELETE FROM audit_events WHERE chain_id = :c AND seq = 2"],
         "delete_chain": ["DELETE FROM audit_events WHERE chain_id = :c"],
         "reorder": [  # swap events 2 and 3
@@ -178,12 +182,13 @@ async def test_verify_names_the_first_broken_link(api: Api, database_url: str, t
             )  # a superuser bypassing the trigger
         for statement in statements:
             await conn.execute(text(statement), {"c": target})
-    result = await run_cli(database_url, "audit", "verify", "--json")
+    result = await run_cli(database_url, "audit", "verify", "--json", *mode)
     assert result.returncode == 1
     broken = json.loads(result.stdout)["first_break"]
     assert broken["chain_id"] == target
     assert (broken["seq"], broken["problem"]) == {
         "edit": (3, "event content does not match its hash"),
+        "edit_data": (2, "event content does not match its hash"),
         "delete_event": (2, "event 2 is missing"),
         "delete_chain": (1, "the whole chain was removed"),
         "reorder": (2, "prev_hash does not match the event before it"),
