@@ -2,8 +2,8 @@
 
 The result is the same as calling approvals.audit.append_events once per chain: each chain's head row is
 locked, its events linked after it, the head moved on. Only the number of statements differs: three for
-the whole batch instead of four per chain, which is what lets a sweep keep up with thousands of rows a
-second.
+the whole batch instead of four per chain (two where the caller locked the heads already), which is what
+lets a sweep keep up with thousands of rows a second.
 """
 
 from __future__ import annotations
@@ -11,42 +11,69 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import GENESIS_HASH, NewEvent, chain_rows
-from approvals.db import is_postgres
+from approvals.db import insert_many, is_postgres
 from approvals.tables import audit_events, chain_heads
 
-_INSERT_EVENTS = audit_events.insert()
 _MOVE_HEAD = (
     update(chain_heads)
     .where(chain_heads.c.chain_id == bindparam("b_chain_id"))
     .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
-
-
-async def append_to_chains(
-    conn: AsyncConnection, events_by_chain: Mapping[str, Sequence[NewEvent]], *, now: dt.datetime
-) -> None:
-    """Append each chain's events after its head, all in the caller's transaction.
-
-    Heads are locked in chain id order, so two batches that share chains cannot deadlock each other.
-    A chain without a head row starts from the genesis hash, as append_events would start it.
+# PostgreSQL: every head of the batch in one statement (an executemany is a statement per row there).
+_MOVE_HEADS = text(
     """
-    chain_ids = sorted(chain_id for chain_id, events in events_by_chain.items() if events)
-    if not chain_ids:
-        return
-    heads: dict[str, tuple[int, str]] = {}
-    for start in range(0, len(chain_ids), 1000):
+    UPDATE chain_heads AS h SET seq = t.seq, hash = t.hash
+      FROM unnest(:chain_ids ::VARCHAR[], :seqs ::INTEGER[], :hashes ::VARCHAR[]) AS t(chain_id, seq, hash)
+     WHERE h.chain_id = t.chain_id
+    """
+)
+
+Head = tuple[int, str]  # a chain head's (seq, hash)
+
+
+async def lock_heads(conn: AsyncConnection, chain_ids: Sequence[str]) -> dict[str, Head]:
+    """The heads of these chains, locked (in chain id order) until the transaction ends; a chain
+    without a head row is left out."""
+    ordered = sorted(chain_ids)
+    heads: dict[str, Head] = {}
+    for start in range(0, len(ordered), 1000):
         query = (
             select(chain_heads.c.chain_id, chain_heads.c.seq, chain_heads.c.hash)
-            .where(chain_heads.c.chain_id.in_(chain_ids[start : start + 1000]))
+            .where(chain_heads.c.chain_id.in_(ordered[start : start + 1000]))
             .order_by(chain_heads.c.chain_id)
         )
         if is_postgres(conn):
             query = query.with_for_update()
         heads.update((row.chain_id, (row.seq, row.hash)) for row in await conn.execute(query))
+    return heads
+
+
+async def append_to_chains(
+    conn: AsyncConnection,
+    events_by_chain: Mapping[str, Sequence[NewEvent]],
+    *,
+    now: dt.datetime,
+    locked_heads: Mapping[str, Head | None] | None = None,
+) -> None:
+    """Append each chain's events after its head, all in the caller's transaction.
+
+    Heads are locked in chain id order, so two batches that share chains cannot deadlock each other.
+    A caller that already locked them in this transaction (in the statement that claimed its rows,
+    say) passes them as `locked_heads`, with None for a chain that has no head row. A chain without
+    a head row starts from the genesis hash, as append_events would start it.
+    """
+    chain_ids = sorted(chain_id for chain_id, events in events_by_chain.items() if events)
+    if not chain_ids:
+        return
+    if locked_heads is None:
+        found = await lock_heads(conn, chain_ids)
+    else:
+        found = {chain_id: head for chain_id, head in locked_heads.items() if head is not None}
+    heads: dict[str, Head] = dict(found)
     missing = [chain_id for chain_id in chain_ids if chain_id not in heads]
     if missing:
         # Rare (every request chain gets its head at intake); inserted like append_events does, so a
@@ -56,13 +83,19 @@ async def append_to_chains(
         )
         heads.update((chain_id, (0, GENESIS_HASH)) for chain_id in missing)
     rows = []
-    moves = []
+    moved: list[tuple[str, int, str]] = []
     for chain_id in chain_ids:
         seq, prev_hash = heads[chain_id]
         new_rows, head = chain_rows(
             chain_id, list(events_by_chain[chain_id]), now, seq=seq, prev_hash=prev_hash
         )
         rows.extend(new_rows)
-        moves.append({"b_chain_id": chain_id, "b_seq": head["seq"], "b_hash": head["hash"]})
-    await conn.execute(_INSERT_EVENTS, rows)
-    await conn.execute(_MOVE_HEAD, moves)
+        moved.append((chain_id, head["seq"], head["hash"]))
+    await insert_many(conn, audit_events, rows)
+    if is_postgres(conn):
+        ids, seqs, hashes = zip(*moved, strict=True)
+        await conn.execute(_MOVE_HEADS, {"chain_ids": list(ids), "seqs": list(seqs), "hashes": list(hashes)})
+    else:
+        await conn.execute(
+            _MOVE_HEAD, [{"b_chain_id": c, "b_seq": seq, "b_hash": digest} for c, seq, digest in moved]
+        )

@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 from typing import Any
 
-from sqlalchemy import DateTime, Table, TypeDecorator, text
+from sqlalchemy import DateTime, String, Table, TypeDecorator, bindparam, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,12 +67,108 @@ async def insert_ignoring_conflict(
     return (await conn.execute(stmt, values)).first()
 
 
+async def insert_many(
+    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], *, ignore_conflicts: bool = False
+) -> None:
+    """INSERT many rows in one statement (with ignore_conflicts, rows that exist are skipped).
+
+    On PostgreSQL the rows go as one array per column into `INSERT ... SELECT FROM unnest(...)`: an
+    executemany there is one statement per row on the server (psycopg pipelines them, but each is
+    parsed, planned and run alone), which cost the expiry sweep more than the rows' writes themselves.
+    A column with the same value in every row (a batch's time, say) goes once, as a plain parameter:
+    turning values into array text is most of the CPU such an insert costs this process.
+    """
+    if not rows:
+        return
+    columns = _uniform_columns(table, rows) if is_postgres(conn) else None
+    if columns is None:
+        statement = _on_conflict_do_nothing(conn.dialect.name, table) if ignore_conflicts else table.insert()
+        await conn.execute(statement, rows)
+        return
+    first = rows[0]
+    varying = tuple(name for name in columns if not all(_same(row[name], first[name]) for row in rows))
+    # unnest() needs one array to give the number of rows, even when every row is the same.
+    varying = varying or columns[:1]
+    params = {name: [row[name] for row in rows] if name in varying else first[name] for name in columns}
+    await conn.execute(_unnest_insert(table, columns, varying, ignore_conflicts), params)
+
+
 async def insert_many_ignoring_conflict(
     conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
 ) -> None:
     """INSERT ... ON CONFLICT DO NOTHING for many rows in one statement; rows that exist are skipped."""
-    if rows:
-        await conn.execute(_on_conflict_do_nothing(conn.dialect.name, table), rows)
+    await insert_many(conn, table, rows, ignore_conflicts=True)
+
+
+def _uniform_columns(table: Table, rows: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    """The columns every row gives, or None when the rows differ or leave out a column with a default
+    computed in Python (which only SQLAlchemy's own INSERT would fill in)."""
+    first = rows[0].keys()
+    if any(row.keys() != first for row in rows):
+        return None
+    if any(column.default is not None and column.name not in first for column in table.columns):
+        return None
+    return tuple(first)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a and b would be stored alike: equal, and of the same types all the way down (1, 1.0,
+    True and 0.0, -0.0 are equal in Python but not in JSON), keys in the same order."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(value, b[key]) for key, value in a.items())
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return bool(a == b)
+
+
+@functools.cache
+def _unnest_insert(
+    table: Table, columns: tuple[str, ...], varying: tuple[str, ...], ignore_conflicts: bool
+) -> Any:
+    """The unnest INSERT for these columns (arrays for the varying ones, single values for the others),
+    as SQL text with typed parameters, built once per shape.
+
+    The parameters' types are the columns' own, so values are converted (UTC times, JSON through the
+    engine's serializer) exactly as table.insert() would convert them; but without a length, because
+    parameters are cast to their type (by us, and by psycopg's dialect), and a cast to VARCHAR(40)
+    cuts a longer value short without a word where the INSERT into the column refuses it.
+    """
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    types = {name: _without_length(table.c[name].type) for name in columns}
+    sql_types = {name: type_.compile(dialect=dialect) for name, type_ in types.items()}
+    arrays = ", ".join(f":{name} ::{sql_types[name]}[]" for name in varying)
+    values = ", ".join(
+        f"u.{quote(name)}" if name in varying else f":{name} ::{sql_types[name]}" for name in columns
+    )
+    target = f"{dialect.identifier_preparer.format_table(table)} ({', '.join(quote(n) for n in columns)})"
+    # Only the table's own column names reach the text (table.c[name] refused any other), quoted.
+    sql = (
+        f"INSERT INTO {target} SELECT {values} "  # noqa: S608
+        f"FROM unnest({arrays}) AS u({', '.join(quote(n) for n in varying)})"
+    )
+    if ignore_conflicts:
+        sql += " ON CONFLICT DO NOTHING"
+    binds = [
+        # One dimension: a JSON value that is itself a list stays one element.
+        bindparam(name, type_=postgresql.ARRAY(types[name], dimensions=1) if name in varying else types[name])
+        for name in columns
+    ]
+    return text(sql).bindparams(*binds)
+
+
+def _without_length(type_: Any) -> Any:
+    if isinstance(type_, String) and type_.length is not None:
+        unbounded = type_.copy()
+        unbounded.length = None
+        return unbounded
+    return type_
 
 
 @functools.cache

@@ -465,44 +465,93 @@ async def record_outcome(
 
 
 EXPIRED_EVENT = NewEvent("request_expired", "scheduler", {"decided_by": "system"})
+_EXPIRED = {"status": "expired", "decided_by": "system", "reason": "no decision before expiry"}
+
+# PostgreSQL: claim, expire and lock the chain heads of a batch in one statement. The time is the
+# database's, read once for the batch (clock_timestamp() changes from row to row). NO KEY UPDATE:
+# rows being referenced by a concurrent insert (a card, a decision) hold a key-share lock, which a
+# plain FOR UPDATE would skip, and the sweep would miss a due request for a tick. The claim is a
+# MATERIALIZED CTE, run once: as a subquery in UPDATE ... FROM the planner may rescan it for every
+# row it joins, claiming and expiring far more than `limit` rows. The heads are locked in chain id
+# order (the ORDER BY runs before the lock), as append_to_chains locks them, so two batches cannot
+# deadlock on them; looked up by an array, they come from the primary key.
+_EXPIRE_BATCH = text(
+    """
+    WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now),
+    due AS MATERIALIZED (
+        SELECT id FROM requests
+         WHERE status = 'pending' AND expires_at <= (SELECT now FROM clock)
+         ORDER BY expires_at LIMIT :limit
+           FOR NO KEY UPDATE SKIP LOCKED
+    ),
+    expired AS (
+        UPDATE requests AS r
+           SET status = :status, decided_by = :decided_by, decided_at = (SELECT now FROM clock),
+               reason = :reason
+          FROM due
+         WHERE r.id = due.id AND r.status = 'pending'
+        RETURNING r.id, r.callback_url, r.decided_at AS now
+    ),
+    heads AS (
+        SELECT chain_id, seq, hash FROM chain_heads
+         WHERE chain_id = ANY (ARRAY(SELECT id FROM expired))
+         ORDER BY chain_id
+           FOR UPDATE
+    )
+    SELECT e.id, e.callback_url, e.now, heads.seq, heads.hash
+      FROM expired AS e LEFT JOIN heads ON heads.chain_id = e.id
+    """
+).columns(now=requests.c.decided_at.type)
 
 
 async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> list[str]:
     """Expire pending requests past their deadline, each exactly once, claiming rows other replicas skip.
 
-    Set-based: one statement claims the batch, one expires it, and the audit events and outbox rows
-    of the whole batch are written together (the same rows `finalise` writes for one request).
+    Set-based: the batch is claimed and expired together, and the audit events and outbox rows of the
+    whole batch are written together (the same rows `finalise` writes for one request). On PostgreSQL
+    that is five statements per batch, whatever its size: claim-expire-lock, the events, the heads,
+    the card updates, the callbacks.
     """
-    now = await db_now(conn)
-    query = (
-        select(requests.c.id)
-        .where(requests.c.status == "pending", requests.c.expires_at <= now)
-        .order_by(requests.c.expires_at)
-        .limit(limit)
-    )
     if is_postgres(conn):
-        # NO KEY UPDATE: rows being referenced by a concurrent insert (a card, a decision) hold a key-share
-        # lock; a plain FOR UPDATE would skip them, and the sweep would miss a due request for a tick.
-        query = query.with_for_update(skip_locked=True, key_share=True)
-    due = [row.id for row in (await conn.execute(query)).all()]
-    if not due:
-        return []
-    # The status condition again: on SQLite (no row locks) it is what makes the change happen once.
-    expired = (
-        await conn.execute(
-            update(requests)
-            .where(requests.c.id.in_(due), requests.c.status == "pending")
-            .values(status="expired", decided_by="system", decided_at=now, reason="no decision before expiry")
-            .returning(requests.c.id, requests.c.callback_url)
+        expired = (await conn.execute(_EXPIRE_BATCH, {"limit": limit, **_EXPIRED})).all()
+        if not expired:
+            return []
+        now = expired[0].now
+        heads = {row.id: None if row.seq is None else (row.seq, row.hash) for row in expired}
+        await append_to_chains(
+            conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now, locked_heads=heads
         )
-    ).all()
-    await append_to_chains(conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now)
-    deliveries: list[dict[str, Any]] = []
+    else:
+        now = await db_now(conn)
+        due_query = (
+            select(requests.c.id)
+            .where(requests.c.status == "pending", requests.c.expires_at <= now)
+            .order_by(requests.c.expires_at)
+            .limit(limit)
+        )
+        due = [row.id for row in (await conn.execute(due_query)).all()]
+        if not due:
+            return []
+        # The status condition again: without row locks it is what makes the change happen once.
+        expired = (
+            await conn.execute(
+                update(requests)
+                .where(requests.c.id.in_(due), requests.c.status == "pending")
+                .values(decided_at=now, **_EXPIRED)
+                .returning(requests.c.id, requests.c.callback_url)
+            )
+        ).all()
+        await append_to_chains(conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now)
+    # One statement per kind (card updates, callbacks): within a kind every row has the same payload,
+    # which then goes to the database once instead of once per row.
+    deliveries: dict[str, list[dict[str, Any]]] = {}
     for row in expired:
-        deliveries += final_delivery_rows(
+        for delivery in final_delivery_rows(
             request_id=row.id, status="expired", callback_url=row.callback_url, now=now
-        )
-    await enqueue_many(conn, deliveries)
+        ):
+            deliveries.setdefault(delivery["kind"], []).append(delivery)
+    for rows in deliveries.values():
+        await enqueue_many(conn, rows)
     return [row.id for row in expired]
 
 

@@ -177,6 +177,7 @@ class Run:
     db_cpu: float | None = None  # CPU seconds of the PostgreSQL backends serving the bench database
     host_busy: float | None = None  # the host's busy CPU seconds (all processes)
     statements: int | None = None
+    statement_seconds: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
     @property
@@ -185,14 +186,31 @@ class Run:
 
 
 class StatementCounter:
-    """Counts the SQL statements an engine executes (executemany counts once)."""
+    """Counts the SQL statements an engine executes (executemany counts once), and the wall time spent
+    in each kind of statement (round trip and server time: the process waits for them)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.count = 0
+        self.seconds: dict[str, float] = {}
+        self._started = 0.0
         event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
+        event.listen(engine.sync_engine, "after_cursor_execute", self._done)
 
     def _seen(self, *_: Any) -> None:
         self.count += 1
+        self._started = time.perf_counter()
+
+    def _done(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        label = statement_label(statement)
+        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - self._started
+
+
+def statement_label(statement: str) -> str:
+    """A statement's first words and the tables it names, enough to tell the sweep's statements apart."""
+    words = statement.split()
+    tables = [words[i + 1] for i, word in enumerate(words[:-1]) if word.upper() in ("FROM", "INTO", "UPDATE")]
+    head = " ".join(words[:2])
+    return f"{head[:30]} … {', '.join(dict.fromkeys(t for t in tables if t[0].isalpha()))}"[:90]
 
 
 async def backend_cpu(server_url: str, database: str) -> dict[int, float]:
@@ -224,6 +242,7 @@ async def timed(
     before_cpu = resource.getrusage(resource.RUSAGE_SELF)
     before_host = host_cpu_seconds()
     before_statements = counter.count if counter else 0
+    before_seconds = dict(counter.seconds) if counter else {}
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
@@ -241,6 +260,9 @@ async def timed(
         run.host_busy = after_host - before_host
     if counter:
         run.statements = counter.count - before_statements
+        run.statement_seconds = {
+            label: spent - before_seconds.get(label, 0.0) for label, spent in counter.seconds.items()
+        }
     if database:
         after_db = await backend_cpu(*database)
         if after_db:
@@ -835,6 +857,13 @@ def print_report(report: Report) -> None:
         base, svc = report.runs.get(f"{phase} baseline"), report.runs.get(f"{phase} service")
         if base and svc and base.rate:
             print(f"{phase} ratio service/baseline: {svc.rate / base.rate:.3f}")
+    for key, run in report.runs.items():
+        spent = sorted(run.statement_seconds.items(), key=lambda item: -item[1])
+        if run.count and spent:
+            print(f"{key}: time in statements per item (executing, sending and waiting for the result):")
+            for label, seconds in spent[:6]:
+                if seconds:
+                    print(f"  {seconds / run.count * 1e6:>8,.1f} µs  {label}")
     print(f"audit chains after expiry: {report.verified}")
     for note in report.notes:
         print(note)
