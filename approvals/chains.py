@@ -165,11 +165,10 @@ async def count_chains(conn: AsyncConnection, f: ChainFilter) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
-async def chain_page(
-    conn: AsyncConnection, f: ChainFilter, *, cursor: str | None = None, limit: int = 100
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of chains, oldest first, and the cursor for the next page (None at the end)."""
-    query = _filtered(_base(is_postgres(conn)), f)
+def _page(query: Select[Any], f: ChainFilter, cursor: str | None, limit: int) -> Select[Any]:
+    """`query` filtered, after the cursor, in export order, one row more than a page (to tell if
+    another page follows)."""
+    query = _filtered(query, f)
     if cursor:
         after_at, after_id = decode_cursor(cursor)
         query = query.where(
@@ -181,12 +180,28 @@ async def chain_page(
                 and_(requests.c.created_at == after_at, requests.c.id > after_id),
             ),
         )
-    rows = list(await conn.execute(query.order_by(requests.c.created_at, requests.c.id).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    chains = await _assemble(conn, rows)
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return chains, next_cursor
+    return query.order_by(requests.c.created_at, requests.c.id).limit(limit + 1)
+
+
+def _next_cursor(rows: list[Any], limit: int) -> str | None:
+    return encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+
+
+async def chain_page(
+    conn: AsyncConnection, f: ChainFilter, *, cursor: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of chains, oldest first, and the cursor for the next page (None at the end)."""
+    rows = list(await conn.execute(_page(_base(is_postgres(conn)), f, cursor, limit)))
+    chains = await _assemble(conn, rows[:limit])
+    return chains, _next_cursor(rows, limit)
+
+
+async def page_ids(
+    conn: AsyncConnection, f: ChainFilter, *, cursor: str | None = None, limit: int = 100
+) -> tuple[list[str], str | None]:
+    """The request ids of one page of chains (as chain_page would give them) and the next cursor."""
+    rows = list(await conn.execute(_page(select(requests.c.id, requests.c.created_at), f, cursor, limit)))
+    return [row.id for row in rows[:limit]], _next_cursor(rows, limit)
 
 
 async def iter_chains(conn: AsyncConnection, f: ChainFilter) -> AsyncIterator[dict[str, Any]]:

@@ -75,6 +75,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,7 @@ from app.checkpoint_keys import CheckpointKey
 from app.database import build_engine
 from app.migrate import upgrade_to_head
 from approvals.audit import GENESIS_HASH, canonical_json, canonical_text, event_hash, format_time
+from approvals.chain_json import iter_chain_texts
 from approvals.chains import ChainFilter, chain_page, count_chains, iter_chains
 from approvals.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint
 from approvals.log_verification import verify_audit_log
@@ -1312,22 +1314,37 @@ def baseline_query(libpq: str, values: Values, samples: int, rng: random.Random)
 
 
 async def measure_export(engine: AsyncEngine, limit: int) -> dict[str, Any]:
-    """`approvals audit export --format jsonl`: the population, then every chain serialised, in pages."""
+    """`approvals audit export --format jsonl`: the population, then every chain as PostgreSQL writes
+    it (approvals.chain_json), in pages; and the same chains assembled in Python (approvals.chains
+    and app.chain_formats.jsonl, what the chains API and CSV export do) for comparison."""
     wanted = ChainFilter()
-    written = 0
-    with open(os.devnull, "w", encoding="utf-8") as sink:
-        async with engine.connect() as conn:
-            pid = await backend_pid(conn)
-            with Phase([pid]) as phase:
-                population = await count_chains(conn, wanted)
-                chains = iter_chains(conn, wanted)
-                async for chain in chains:
-                    sink.write(jsonl(chain))
-                    written += 1
-                    if limit and written >= limit:
-                        break
-                await chains.aclose()
-    return {"population": population, "chains": written, "cps": written / phase.wall, "phase": phase}
+    figures: dict[str, Any] = {}
+    for name, chains_of in (("database", iter_chain_texts), ("python", _python_chains)):
+        written = 0
+        with open(os.devnull, "w", encoding="utf-8") as sink:
+            async with engine.connect() as conn:
+                pid = await backend_pid(conn)
+                with Phase([pid]) as phase:
+                    population = await count_chains(conn, wanted)
+                    chains = chains_of(conn, wanted)
+                    async for chain in chains:
+                        sink.write(chain + "\n")
+                        written += 1
+                        if limit and written >= limit:
+                            break
+                    await chains.aclose()
+        figures[name] = {
+            "population": population,
+            "chains": written,
+            "cps": written / phase.wall,
+            "phase": phase,
+        }
+    return {**figures["database"], "python": figures["python"]}
+
+
+async def _python_chains(conn: AsyncConnection, wanted: ChainFilter) -> AsyncIterator[str]:
+    async for chain in iter_chains(conn, wanted):
+        yield jsonl(chain)[:-1]
 
 
 def baseline_export(libpq: str, limit: int) -> dict[str, Any]:
@@ -1474,12 +1491,17 @@ def print_export(f: Figures) -> None:
     print()
     e, eb = f.export, f.export_baseline
     print(
-        "export (`approvals audit export --format jsonl`: count_chains + iter_chains + jsonl, unfiltered; "
+        "export (`approvals audit export --format jsonl`: count_chains + iter_chain_texts, unfiltered; "
         f"warm {e['warm'][0]:,.0f} MB in {e['warm'][1]:.0f} s)"
     )
+    py = e["python"]
     print(
         f"  {'service':<22} {e['cps']:>12,.0f} chains/s  {e['chains']:,} of {e['population']:,} chains "
         f"in {e['phase'].wall:.1f} s  {e['phase'].cpu()}"
+    )
+    print(
+        f"  {'assembled in Python':<22} {py['cps']:>12,.0f} chains/s  (iter_chains + jsonl: the chains API's path) "
+        f"in {py['phase'].wall:.1f} s  {py['phase'].cpu()}"
     )
     print(
         f"  {'baseline: bare reads':<22} {eb['cps']:>12,.0f} chains/s  ratio {e['cps'] / eb['cps']:.2f}  "

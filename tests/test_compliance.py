@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
+from app.chain_formats import jsonl
 from approvals.auditors import add_auditor_key
+from approvals.chain_json import iter_chain_texts
+from approvals.chains import ChainFilter, iter_chains
 from approvals.decisions import Click, Clicker, record_click
+from approvals.tables import delivery_attempts, slack_messages
 from tests.conftest import Api, offer, run_cli
 
 
@@ -262,3 +267,79 @@ async def test_a_swapped_checkpoint_differs_from_the_exported_one(
     result = await run_cli(database_url, "audit", "verify", "--checkpoint", str(exported), "--json")
     assert result.returncode == 1
     assert "differs from the exported one" in json.loads(result.stdout)["checkpoint_problem"]["problem"]
+
+
+async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_builds_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`approvals audit export` on PostgreSQL has the database write each chain's JSON; every byte
+    of it must be what app.chain_formats.jsonl writes for approvals.chains' dict of the chain."""
+    if api.container.engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL writes chains as JSON itself")
+    ids = await _seed(api)
+    odd = offer(
+        title='Zoë\'s "offer" <b>&\\ \u2028 tab\there',
+        summary="line\nbreak \x01 control",
+        params={"salary": 1.5e5, "nested": {"ü": [1, None, True, "x, y: z"]}, "bank": {"iban": "DE00"}},
+        links=[],
+    )
+    ids["odd"] = (await (await api.post("/v1/requests", odd)).json())["id"]
+    async with api.container.engine.begin() as conn:
+        stranger = Clicker("U0STRANGER", "T0TEAM", "Stan Ger", "stan@example.com")
+        await record_click(conn, Click(ids["pending"], "approve", stranger, "1700000000.000200"))
+        await record_click(
+            conn, Click(ids["odd"], "reject", Clicker("U01COO", "T0TEAM", "Cora", "coo@example.com"), "1.2")
+        )
+        await conn.execute(
+            insert(slack_messages),
+            [
+                {
+                    "request_id": ids["human"],
+                    "destination": "C0HIRING",
+                    "channel": "C0HIRING",
+                    "ts": "1.1",
+                    "permalink": None,
+                    "created_at": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                },
+                {
+                    "request_id": ids["human"],
+                    "destination": "U01COO",
+                    "channel": "D01",
+                    "ts": "1.2",
+                    "permalink": "https://x.slack.com/archives/D01/p12",
+                    "created_at": dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC),
+                },
+            ],
+        )
+        await conn.execute(
+            insert(delivery_attempts),
+            [
+                {
+                    "outbox_id": 1,
+                    "request_id": ids["human"],
+                    "kind": "callback",
+                    "attempt": n,
+                    "target": "https://a.example",
+                    "started_at": dt.datetime(2026, 1, 2, 3, 4, 6, tzinfo=dt.UTC),
+                    "latency_ms": 12,
+                    "status_code": code,
+                    "result": result,
+                    "error": error,
+                }
+                for n, code, result, error in [
+                    (1, 503, "retry", 'HTTP 503 "busy"'),
+                    (2, 200, "delivered", None),
+                ]
+            ],
+        )
+    monkeypatch.setattr("approvals.chains.PAGE", 2)
+    monkeypatch.setattr("approvals.chain_json.PAGE", 2)
+    for wanted in (ChainFilter(), ChainFilter(status="pending"), ChainFilter(policy="send_offer_letter")):
+        async with api.container.engine.connect() as conn:
+            built = [jsonl(chain)[:-1] async for chain in iter_chains(conn, wanted)]
+            written = [chain async for chain in iter_chain_texts(conn, wanted)]
+        assert written == built
+    assert len(built) >= 4
+    everything = "\n".join(written)
+    assert "185000" not in everything and "150000.0" not in everything and "[redacted]" in everything
+    assert ids["odd"] in everything and "2026-01-02T03:04:05Z" in everything
