@@ -32,20 +32,22 @@ What it does, in one run on one PostgreSQL server:
    measured warm, as on a server whose database fits in memory, not on whatever earlier work left
    in the cache (on a small VM the disk would be what is measured).
 3. measures, with the service's own code on a SQLAlchemy engine from app.database.build_engine:
-   - verify: approvals.audit.verify_all then approvals.checkpoints.verify_checkpoints in one
-     transaction (what `approvals audit verify` does), events/s over the whole log; against
-     baselines in the same run: SHA-256 in a tight loop over the same bytes verification hashes
-     (each event's canonical body, built beforehand from --hash-sample events, and the checkpoints'
-     running-hash step over its hash), and a bare read of every event row as verify_all reads it
-     (id order, JSON as text) through a raw psycopg server-side cursor;
+   - verify: approvals.log_verification.verify_audit_log (what `approvals audit verify` does:
+     verify_all and verify_checkpoints side by side on two connections, PostgreSQL hashing the log),
+     events/s over the whole log, then the same with hash_in_database=False (`--in-process`);
+     against baselines in the same run: SHA-256 in a tight loop over the same bytes verification
+     hashes (each event's canonical body, built beforehand from --hash-sample events, and the
+     checkpoints' running hash over its hash), and a bare read of every event row as the in-process
+     path reads it (id order, JSON as text) through a raw psycopg server-side cursor;
    - filtered query: what `GET /v1/audit/chains` does for one page (count_chains, then chain_page
      with limit 100, on a pooled connection), --samples times per filter with random values: agent,
      policy, approver (Slack id or email), status, a date range of 1 to 30 days, and agent + status
      + 30 days together; p50/p95/max per filter; against a bare indexed SELECT (a request by primary
      key and its events by chain, raw psycopg);
-   - export: what `approvals audit export --format jsonl` does (count_chains, then iter_chains with
-     each chain serialised by app.chain_formats.jsonl and written to /dev/null), unfiltered,
-     stopping after --export-chains chains (0: all); chains/s; against bare reads of the same rows
+   - export: what `approvals audit export --format jsonl` does (count_chains, then
+     approvals.chain_json.iter_chain_texts, each chain's JSON written by PostgreSQL, to /dev/null),
+     unfiltered, stopping after --export-chains chains (0: all); chains/s; then the same chains
+     assembled in Python (iter_chains + app.chain_formats.jsonl, the chains API's path); against bare reads of the same rows
      (requests in export order, then each page's decisions, cards, attempts and events by request
      id; raw psycopg, nothing assembled or serialised).
 4. prints the figures with their ratios to the baselines and the targets (verify >= 200,000
