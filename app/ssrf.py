@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -38,19 +39,32 @@ class CallbackAllowList:
         return any(address in network for network in self.networks)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_public(address: IPAddress) -> bool:
-    """Public unicast only: loopback, private, link-local (cloud metadata), shared, reserved are not."""
+    """Public unicast only: loopback, private, link-local (cloud metadata), shared, reserved are not.
+
+    Cached: it depends on the address alone, and is asked at every delivery attempt.
+    """
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_global and not address.is_multicast
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> IPAddress | None:
+    # Pure parsing (no DNS), cached: a callback host is the same string at every attempt, and
+    # ip_address() costs more than the rest of the check (failing on a name raises, too).
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address a host name resolves to (an IP literal resolves to itself)."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [literal]
     loop = asyncio.get_running_loop()
     infos = await asyncio.wait_for(
         loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS

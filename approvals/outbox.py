@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import db_now, insert_ignoring_conflict, insert_many_ignoring_conflict, is_postgres, iso_utc
@@ -90,6 +90,8 @@ async def claim_due(
     kinds this process has no handler for (Slack cards queued while Slack is switched off) are never
     visited, however many of them wait, and stay pending for a process that can deliver them.
     """
+    if is_postgres(conn):
+        return await _claim_due_postgres(conn, kinds=kinds, limit=limit, lease=lease)
     now = await db_now(conn)
     rows: list[Any] = []
     for kind in kinds:
@@ -113,6 +115,58 @@ async def claim_due(
         .where(outbox.c.id.in_([row.id for row in rows]))
         .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease, updated_at=now)
     )
+    return [
+        Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
+        for row in rows
+    ]
+
+
+# PostgreSQL: lock, lease and read a kind's due rows in one statement (instead of reading the clock,
+# selecting, then updating). `due` keeps each row's attempts and updated_at as they were before the
+# lease, which _record_interrupted needs. FOR UPDATE SKIP LOCKED in the CTE: other replicas skip them.
+_CLAIM_POSTGRES = text(
+    """
+WITH t AS (SELECT clock_timestamp() AS now),
+due AS (
+  SELECT id, attempts, updated_at FROM outbox
+  WHERE status = 'pending' AND kind = :kind AND next_attempt_at <= (SELECT now FROM t)
+  ORDER BY next_attempt_at, id
+  LIMIT :limit
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox SET
+  attempts = outbox.attempts + 1,
+  next_attempt_at = t.now + make_interval(secs => :lease),
+  updated_at = t.now
+FROM due, t
+WHERE outbox.id = due.id
+RETURNING outbox.id, outbox.kind, outbox.request_id, outbox.dedupe_key, outbox.payload,
+          due.attempts, due.updated_at
+"""
+).columns(
+    outbox.c.id,
+    outbox.c.kind,
+    outbox.c.request_id,
+    outbox.c.dedupe_key,
+    outbox.c.payload,
+    outbox.c.attempts,
+    outbox.c.updated_at,
+)
+
+
+async def _claim_due_postgres(
+    conn: AsyncConnection, *, kinds: list[str], limit: int, lease: dt.timedelta
+) -> list[Claimed]:
+    rows: list[Any] = []
+    for kind in kinds:
+        result = await conn.execute(
+            _CLAIM_POSTGRES, {"kind": kind, "limit": limit, "lease": lease.total_seconds()}
+        )
+        # RETURNING has no order of its own: oldest row first.
+        rows.extend(sorted(result.all(), key=lambda row: row.id))
+    for row in rows:
+        if row.attempts > 0:
+            await _record_interrupted(conn, row)
     return [
         Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
         for row in rows
@@ -177,9 +231,67 @@ _FINISH = (
 )
 
 
+# PostgreSQL: the whole settlement in one statement, its rows passed as one array per column (a
+# fixed shape, so it is prepared once; executemany would send, and dump in Python, one row at a time,
+# which cost more CPU than the callback's HTTP request). One clock reading for every row, as below.
+_SETTLE_POSTGRES = text(
+    """
+WITH t AS (SELECT clock_timestamp() AS now),
+v AS (
+  SELECT * FROM unnest(
+    CAST(:outbox_id AS bigint[]), CAST(:request_id AS varchar[]), CAST(:kind AS varchar[]),
+    CAST(:attempt AS integer[]), CAST(:target AS text[]), CAST(:started_at AS timestamptz[]),
+    CAST(:ago AS double precision[]), CAST(:latency_ms AS integer[]), CAST(:status_code AS integer[]),
+    CAST(:result AS varchar[]), CAST(:error AS text[]), CAST(:retry_in AS double precision[])
+  ) AS v(outbox_id, request_id, kind, attempt, target, started_at, ago, latency_ms, status_code, result,
+         error, retry_in)
+),
+recorded AS (
+  INSERT INTO delivery_attempts
+    (outbox_id, request_id, kind, attempt, target, started_at, latency_ms, status_code, result, error)
+  SELECT v.outbox_id, v.request_id, v.kind, v.attempt, v.target,
+         coalesce(v.started_at, t.now - make_interval(secs => coalesce(v.ago, 0))),
+         v.latency_ms, v.status_code, v.result, v.error
+  FROM v, t
+)
+UPDATE outbox SET
+  status = CASE
+    WHEN v.result = 'retry' AND v.retry_in IS NOT NULL THEN outbox.status
+    WHEN v.result IN ('delivered', 'skipped') THEN 'done'
+    ELSE 'failed' END,
+  next_attempt_at = CASE
+    WHEN v.result = 'retry' AND v.retry_in IS NOT NULL THEN t.now + make_interval(secs => v.retry_in)
+    ELSE outbox.next_attempt_at END,
+  last_error = v.error,
+  updated_at = t.now
+FROM v, t
+WHERE outbox.id = v.outbox_id
+"""
+)
+
+
 async def settle_many(conn: AsyncConnection, attempts: list[Attempt]) -> None:
     """Record attempts and move their rows on (done, retried later, or failed for good), all at once."""
     if not attempts:
+        return
+    if is_postgres(conn):
+        await conn.execute(
+            _SETTLE_POSTGRES,
+            {
+                "outbox_id": [a.claimed.id for a in attempts],
+                "request_id": [a.claimed.request_id for a in attempts],
+                "kind": [a.claimed.kind for a in attempts],
+                "attempt": [a.claimed.attempt for a in attempts],
+                "target": [a.target for a in attempts],
+                "started_at": [a.started_at for a in attempts],
+                "ago": [a.ago for a in attempts],
+                "latency_ms": [a.latency_ms for a in attempts],
+                "status_code": [a.status_code for a in attempts],
+                "result": [a.result for a in attempts],
+                "error": [a.error for a in attempts],
+                "retry_in": [a.retry_in for a in attempts],
+            },
+        )
         return
     now = await db_now(conn)
     await conn.execute(

@@ -13,6 +13,21 @@ from approvals.tables import decisions, requests
 
 FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
 
+# The columns render_request reads, for callers that read many requests and would rather not fetch
+# (and decode) the others, such as the policy rule snapshot.
+VIEW_COLUMNS = tuple(
+    requests.c[name]
+    for name in (
+        "id status action title summary params on_behalf_of links callback_url policy_name "
+        "policy_version_id required_approvals decided_by reason created_at expires_at decided_at "
+        "outcome_status outcome_detail outcome_external_ref outcome_at delivery_error"
+    ).split()
+)
+DECISION_VIEW_COLUMNS = tuple(
+    decisions.c[name]
+    for name in "id request_id approver_id approver_name approver_email decision reason mfa created_at".split()
+)
+
 
 def render_request(
     row: Any, decision_rows: list[Any], deliveries: list[dict[str, Any]] | None = None

@@ -64,12 +64,13 @@ async def _queue_undeliverable(engine: AsyncEngine, count: int) -> None:
 
 
 def _capture_claims(engine: AsyncEngine) -> list[tuple[str, Any]]:
-    """Record the claim SELECTs the dispatcher sends, with their parameters, to EXPLAIN them after."""
+    """Record the claims the dispatcher sends, with their parameters, to EXPLAIN them after."""
     seen: list[tuple[str, Any]] = []
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM outbox" in statement:
+        # The claim reads due rows: SELECT ... FROM outbox on SQLite, one WITH ... UPDATE on PostgreSQL.
+        if "FROM outbox" in statement and "next_attempt_at <=" in statement and "EXPLAIN" not in statement:
             seen.append((statement, parameters))
 
     return seen
@@ -115,8 +116,8 @@ async def test_waiting_slack_rows_neither_block_nor_slow_callbacks_and_are_kept(
         plan = await _plan(engine, statement, parameters)
         assert INDEX in plan, plan
         if engine.dialect.name == "postgresql":
-            [scan] = _index_scans(json.loads(plan)[0]["Plan"])
-            assert scan["Index Name"] == INDEX and "kind" in scan["Index Cond"], plan
+            scans = _index_scans(json.loads(plan)[0]["Plan"])
+            assert any(s["Index Name"] == INDEX and "kind" in s["Index Cond"] for s in scans), plan
         else:
             assert "kind=?" in plan, plan
 

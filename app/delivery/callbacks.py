@@ -8,15 +8,17 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import String, any_, bindparam, exists, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.delivery.webhooks import PinnedSessions, deliver, next_retry_delay
 from app.dispatcher import Settlement
 from app.metrics import Metrics
 from app.ssrf import CallbackAllowList
+from approvals.db import is_postgres
 from approvals.outbox import CALLBACK, Claimed
-from approvals.request_views import render_request
+from approvals.request_views import DECISION_VIEW_COLUMNS, VIEW_COLUMNS, render_request
 from approvals.tables import agents, decisions, delivery_attempts, requests
 
 
@@ -30,6 +32,8 @@ def webhook_id(claimed: Claimed) -> str:
 CALLBACK_CONCURRENCY = 32
 READS_AT_ONCE = 4
 
+_IDS = bindparam("ids", type_=ARRAY(String))
+
 # 410 Gone earlier: the agent asked us to stop; nothing more goes to this request's callback URL.
 _GONE = (
     exists()
@@ -40,9 +44,10 @@ _GONE = (
     )
     .label("gone")
 )
-_REQUEST_AND_SECRET = select(requests, agents.c.webhook_secret, _GONE).select_from(
+_REQUEST_AND_SECRET = select(*VIEW_COLUMNS, agents.c.webhook_secret, _GONE).select_from(
     requests.join(agents, agents.c.id == requests.c.agent_id)
 )
+_DECISIONS = select(*DECISION_VIEW_COLUMNS).order_by(decisions.c.id)
 
 
 class CallbackDelivery:
@@ -76,11 +81,17 @@ class CallbackDelivery:
             return {}
         ids = sorted(request_ids)
         async with self._reads, self._engine.connect() as conn:
-            rows = await conn.execute(_REQUEST_AND_SECRET.where(requests.c.id.in_(ids)))
+            # PostgreSQL: one array parameter, so the statement has one shape whatever the batch size
+            # (an expanded IN list is rendered anew for every count).
+            postgres = is_postgres(conn)
+            request_in = requests.c.id == any_(_IDS) if postgres else requests.c.id.in_(ids)
+            decision_in = (
+                decisions.c.request_id == any_(_IDS) if postgres else decisions.c.request_id.in_(ids)
+            )
+            params = {"ids": ids} if postgres else {}
+            rows = await conn.execute(_REQUEST_AND_SECRET.where(request_in), params)
             by_request: dict[str, tuple[Any, list[Any]]] = {row.id: (row, []) for row in rows}
-            for decision in await conn.execute(
-                select(decisions).where(decisions.c.request_id.in_(ids)).order_by(decisions.c.id)
-            ):
+            for decision in await conn.execute(_DECISIONS.where(decision_in), params):
                 by_request[decision.request_id][1].append(decision)
         return by_request
 

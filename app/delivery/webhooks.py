@@ -25,6 +25,7 @@ import binascii
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import hashlib
 import hmac
 import random
@@ -58,11 +59,24 @@ MAX_RETRY_AFTER_SECONDS = 86400.0
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 _RANDOM = random.Random()
+_NO_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 DeliveryOutcome = Literal["delivered", "retry", "gone", "failed"]
 
 
-def _secret_key(secret: str) -> bytes:
+@dataclass(frozen=True)
+class _KeyedHmac:
+    """A webhook secret's key, decoded, and an HMAC-SHA256 keyed with it."""
+
+    key: bytes
+    hmac: hmac.HMAC  # keyed, nothing fed yet: each signature starts from a copy
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyed_hmac(secret: str) -> _KeyedHmac:
+    # Cached per secret (a handful of agents): decoding the secret and keying HMAC (two SHA-256 blocks
+    # hashed over the padded key) is then done once, not at every attempt. A rotated secret is another
+    # entry. Malformed secrets raise, and exceptions are not cached.
     # Error messages never quote the secret: they end up in logs and in the delivery_error column.
     if not secret.startswith(WEBHOOK_SECRET_PREFIX):
         raise ValueError(f"a webhook secret starts with {WEBHOOK_SECRET_PREFIX!r}")
@@ -72,7 +86,7 @@ def _secret_key(secret: str) -> bytes:
         raise ValueError("the webhook secret is not valid base64") from None
     if not key:
         raise ValueError("the webhook secret is empty")
-    return key
+    return _KeyedHmac(key, hmac.new(key, digestmod=hashlib.sha256))
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -80,8 +94,10 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
     `secret` is `whsec_<base64 key>`; raises ValueError when it is malformed.
     """
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
+    mac = _keyed_hmac(secret).hmac.copy()
+    mac.update(f"{msg_id}.{timestamp}.".encode())
+    mac.update(body)
+    digest = mac.digest()
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
 
 
@@ -270,7 +286,6 @@ async def _attempt(
     body: bytes,
     request_headers: dict[str, str],
     allow: CallbackAllowList,
-    total_seconds: float,
     ssl_context: ssl.SSLContext | None,
     sessions: PinnedSessions | None,
 ) -> tuple[DeliveryOutcome, int | None, str | None, float | None]:
@@ -292,7 +307,6 @@ async def _attempt(
             # identity: the body is only read for an error excerpt, and is never decompressed.
             headers={**request_headers, "accept-encoding": "identity"},
             allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=total_seconds),
         ) as response:
             return await _outcome_of(response)
     raise AssertionError("unreachable")  # mypy: the block above always returns
@@ -319,8 +333,14 @@ def _pinned_session(
     )
     # trust_env=False: an HTTP(S)_PROXY from the environment would make the proxy, not us, resolve
     # the host, and the pinning would be for nothing. No cookies: deliveries are independent.
+    # No aiohttp timeout: `deliver` bounds the whole attempt (DNS, connect, response) with one
+    # asyncio.timeout, and aiohttp's own would only add a second timer to every request.
     return aiohttp.ClientSession(
-        connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        connector=connector,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=_NO_CLIENT_TIMEOUT,
     )
 
 
@@ -410,7 +430,6 @@ async def deliver(
                 body=body,
                 request_headers=request_headers,
                 allow=allow,
-                total_seconds=timeout,
                 ssl_context=ssl_context,
                 sessions=sessions,
             )
