@@ -21,7 +21,7 @@ from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.oidc.provider import OidcProvider
 from app.ssrf import CallbackAllowList
-from app.statement_timeout import bounded
+from app.statement_timeout import unbounded
 from app.waiters import RequestWaiters
 from approvals.outbox import CALLBACK
 from approvals.policies import LoadedPolicies, load_policies
@@ -42,9 +42,10 @@ class Container:
     """Everything a running service holds, built once at start and passed to whoever needs it."""
 
     settings: Settings
+    # The pool's connections bound each statement (APPROVALS_STATEMENT_TIMEOUT_SECONDS, PostgreSQL):
+    # `interactive` is the pool as it is, for the agent API, Slack, step-up and deliveries, which must
+    # answer; `engine` is the same pool with the bound lifted, for compliance reads and sweeps.
     engine: AsyncEngine
-    # The same pool with each statement bounded (APPROVALS_STATEMENT_TIMEOUT_SECONDS): for the agent API,
-    # Slack and step-up, which must answer. `engine` stays unbounded for long compliance reads and sweeps.
     interactive: AsyncEngine
     policies: ActivePolicies
     allow_list: CallbackAllowList
@@ -114,11 +115,13 @@ async def build_container(
         checkpoint_key = load_checkpoint_key(settings)
     except CheckpointKeyError as exc:
         raise StartupError(str(exc)) from None
-    engine = build_engine(
+    bounded = build_engine(
         settings.database_url,
+        statement_timeout_seconds=settings.statement_timeout_seconds,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
+    engine = unbounded(bounded)
     try:
         await prepare_database(engine, settings)
         async with engine.begin() as conn:
@@ -129,14 +132,14 @@ async def build_container(
     container = Container(
         settings=settings,
         engine=engine,
-        interactive=bounded(engine, settings.statement_timeout_seconds),
+        interactive=bounded,
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
-        dispatcher=OutboxDispatcher(engine),
+        dispatcher=OutboxDispatcher(bounded),
         checkpoint_key=checkpoint_key,
         oidc=build_oidc(settings),
     )
-    callbacks = CallbackDelivery(engine=engine, allow=container.allow_list, metrics=container.metrics)
+    callbacks = CallbackDelivery(engine=bounded, allow=container.allow_list, metrics=container.metrics)
     container.dispatcher.register(
         CALLBACK, callbacks.deliver, concurrency=CALLBACK_CONCURRENCY, prepare=callbacks.prepare
     )

@@ -22,8 +22,12 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def build_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine; on SQLite every transaction takes the write lock up front so concurrent writers queue."""
+def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: Any) -> AsyncEngine:
+    """An engine; on SQLite every transaction takes the write lock up front so concurrent writers queue.
+
+    On PostgreSQL `statement_timeout_seconds` bounds every statement of every connection (set when the
+    connection opens, so it costs no round trip; see app.statement_timeout for the way out of it).
+    """
     url = async_url(url)
     parsed = make_url(url)
     # JSON columns hold canonical JSON (sorted keys, no spaces): an audit event's data is then stored
@@ -35,16 +39,18 @@ def build_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_pre_ping", True)
         # A server that stops answering (frozen, partitioned) must fail a new connection within seconds,
         # and TCP keepalives find a dead peer under an idle pooled connection in about a minute.
-        kwargs.setdefault(
-            "connect_args",
-            {
-                "connect_timeout": 10,
-                "keepalives": 1,
-                "keepalives_idle": 30,
-                "keepalives_interval": 10,
-                "keepalives_count": 3,
-            },
-        )
+        connect_args: dict[str, Any] = {
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        if statement_timeout_seconds > 0:
+            connect_args["options"] = (
+                f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+            )
+        kwargs.setdefault("connect_args", connect_args)
         return create_async_engine(url, **kwargs)
     kwargs.pop("pool_size", None)  # SQLite: one file, one writer at a time; the default pool suits it
     kwargs.pop("max_overflow", None)

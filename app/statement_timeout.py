@@ -1,14 +1,18 @@
-"""A bound on each SQL statement of the interactive paths (agent API, Slack, step-up) on PostgreSQL.
+"""A bound on each SQL statement of the service's own paths on PostgreSQL, and the way out of it.
 
 A statement stuck behind a lock (a transaction that never ends) or on an overloaded server would
 otherwise hold an agent's request or a Slack click forever. The server enforces the limit, so it
-does not help against a server that is frozen outright (SIGSTOP): that needs the server back. The bound is per use case rather than per connection: exports,
-verification and the retention purge are legitimately long and share the same pool, so they keep
-no limit. `bounded(engine, seconds)` returns a view of the engine (same pool, same connections)
-whose every transaction starts with `SET LOCAL statement_timeout`, which ends with the transaction
-and so never leaks to the next user of the pooled connection. A statement that runs out is
-cancelled by the server (SQLSTATE 57014, `query_canceled`) and its whole transaction rolls back;
-app.http.errors answers it with a 503.
+does not help against a server that is frozen outright (SIGSTOP): that needs the server back.
+
+The bound is set on every connection of the serve process's pool when it is opened (the libpq
+`options` parameter, app.database.build_engine), so the hot paths (intake, clicks, deliveries) pay
+no round trip for it. What is legitimately long takes the `unbounded(engine)` view of the same
+pool instead, whose every transaction starts with `SET LOCAL statement_timeout = 0`: compliance
+reads (GET /v1/audit/chains can count a year of requests), the scheduler's sweeps, migrations.
+SET LOCAL ends with the transaction and so never leaks to the next user of the pooled connection.
+A statement that runs out is cancelled by the server (SQLSTATE 57014, `query_canceled`) and its
+whole transaction rolls back; app.http.errors answers it with a 503. The CLI's engines (exports,
+verification, the retention purge) carry no bound at all.
 
 SQLite has no statement timeout (its writers already wait at most busy_timeout for the lock).
 """
@@ -20,24 +24,23 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-OPTION = "approvals_statement_timeout_ms"
+OPTION = "approvals_unbounded"
 QUERY_CANCELED = "57014"
 
 
-def bounded(engine: AsyncEngine, seconds: float) -> AsyncEngine:
-    """The engine whose transactions bound each statement to `seconds` (0: the engine as it is)."""
-    if seconds <= 0 or engine.dialect.name != "postgresql":
+def unbounded(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool, same connections) whose transactions lift the statement bound."""
+    if engine.dialect.name != "postgresql":
         return engine
-    if not event.contains(engine.sync_engine, "begin", _set_local_timeout):
-        event.listen(engine.sync_engine, "begin", _set_local_timeout)
-    return engine.execution_options(**{OPTION: max(1, round(seconds * 1000))})
+    if not event.contains(engine.sync_engine, "begin", _lift_timeout):
+        event.listen(engine.sync_engine, "begin", _lift_timeout)
+    return engine.execution_options(**{OPTION: True})
 
 
-def _set_local_timeout(conn: Any) -> None:
-    # Runs for every transaction of the engine and its views; only the bounded view carries the option.
-    milliseconds = conn.get_execution_options().get(OPTION)
-    if milliseconds:
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(milliseconds)}")
+def _lift_timeout(conn: Any) -> None:
+    # Runs for every transaction of the engine and its views; only the unbounded view carries the option.
+    if conn.get_execution_options().get(OPTION):
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 def is_statement_timeout(exc: BaseException) -> bool:
