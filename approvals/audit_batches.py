@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import GENESIS_HASH, NewEvent, chain_rows
-from approvals.db import insert_many, is_postgres
+from approvals.db import array_literal, insert_many, is_postgres
 from approvals.tables import audit_events, chain_heads
 
 _MOVE_HEAD = (
@@ -23,7 +23,8 @@ _MOVE_HEAD = (
     .where(chain_heads.c.chain_id == bindparam("b_chain_id"))
     .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
-# PostgreSQL: every head of the batch in one statement (an executemany is a statement per row there).
+# PostgreSQL: every head of the batch in one statement (an executemany is a statement per row there),
+# the strings as array text (see approvals.db.array_literal).
 _MOVE_HEADS = text(
     """
     UPDATE chain_heads AS h SET seq = t.seq, hash = t.hash
@@ -94,7 +95,14 @@ async def append_to_chains(
     await insert_many(conn, audit_events, rows)
     if is_postgres(conn):
         ids, seqs, hashes = zip(*moved, strict=True)
-        await conn.execute(_MOVE_HEADS, {"chain_ids": list(ids), "seqs": list(seqs), "hashes": list(hashes)})
+        await conn.execute(
+            _MOVE_HEADS,
+            {
+                "chain_ids": array_literal(list(ids)),
+                "seqs": list(seqs),
+                "hashes": array_literal(list(hashes)),
+            },
+        )
     else:
         await conn.execute(
             _MOVE_HEAD, [{"b_chain_id": c, "b_seq": seq, "b_hash": digest} for c, seq, digest in moved]

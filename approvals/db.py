@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
+import operator
 from typing import Any
 
 from sqlalchemy import DateTime, String, Table, TypeDecorator, bindparam, text
@@ -75,8 +77,9 @@ async def insert_many(
     On PostgreSQL the rows go as one array per column into `INSERT ... SELECT FROM unnest(...)`: an
     executemany there is one statement per row on the server (psycopg pipelines them, but each is
     parsed, planned and run alone), which cost the expiry sweep more than the rows' writes themselves.
-    A column with the same value in every row (a batch's time, say) goes once, as a plain parameter:
-    turning values into array text is most of the CPU such an insert costs this process.
+    A column with the same value in every row (a batch's time, say) goes once, as a plain parameter,
+    and an array of strings goes as array text built here (see array_literal): turning values into
+    array text element by element in the driver was most of the CPU such an insert cost this process.
     """
     if not rows:
         return
@@ -86,11 +89,40 @@ async def insert_many(
         await conn.execute(statement, rows)
         return
     first = rows[0]
-    varying = tuple(name for name in columns if not all(_same(row[name], first[name]) for row in rows))
+    varying = tuple(name for name in columns if not _all_same([row[name] for row in rows]))
     # unnest() needs one array to give the number of rows, even when every row is the same.
     varying = varying or columns[:1]
-    params = {name: [row[name] for row in rows] if name in varying else first[name] for name in columns}
-    await conn.execute(_unnest_insert(table, columns, varying, ignore_conflicts), params)
+    params: dict[str, Any] = {}
+    literal = []
+    for name in columns:
+        if name not in varying:
+            params[name] = first[name]
+            continue
+        values = [row[name] for row in rows]
+        if _plain_string(table.c[name].type) and all(type(v) is str or v is None for v in values):
+            params[name] = array_literal(values)
+            literal.append(name)
+        else:
+            params[name] = values
+    await conn.execute(_unnest_insert(table, columns, varying, tuple(literal), ignore_conflicts), params)
+
+
+def array_literal(values: list[str | None]) -> str:
+    """A one-dimensional PostgreSQL array of strings in its text form, to be cast to VARCHAR[] (or
+    TEXT[]) in the statement: every element quoted, with `"` and `\\` escaped, and None as NULL."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )
+
+
+def _plain_string(type_: Any) -> bool:
+    """A string type whose values SQLAlchemy hands to the driver as they are (not Enum, say)."""
+    return isinstance(type_, String) and type(type_).bind_processor is String.bind_processor
 
 
 async def insert_many_ignoring_conflict(
@@ -111,6 +143,12 @@ def _uniform_columns(table: Table, rows: list[dict[str, Any]]) -> tuple[str, ...
     return tuple(first)
 
 
+def _all_same(values: list[Any]) -> bool:
+    first = values[0]
+    # Mostly the very same object (one time, one status for a whole batch): `is` settles those in C.
+    return all(map(operator.is_, values, itertools.repeat(first))) or all(_same(v, first) for v in values)
+
+
 def _same(a: Any, b: Any) -> bool:
     """Whether a and b would be stored alike: equal, and of the same types all the way down (1, 1.0,
     True and 0.0, -0.0 are equal in Python but not in JSON), keys in the same order."""
@@ -129,10 +167,14 @@ def _same(a: Any, b: Any) -> bool:
 
 @functools.cache
 def _unnest_insert(
-    table: Table, columns: tuple[str, ...], varying: tuple[str, ...], ignore_conflicts: bool
+    table: Table,
+    columns: tuple[str, ...],
+    varying: tuple[str, ...],
+    literal: tuple[str, ...],
+    ignore_conflicts: bool,
 ) -> Any:
-    """The unnest INSERT for these columns (arrays for the varying ones, single values for the others),
-    as SQL text with typed parameters, built once per shape.
+    """The unnest INSERT for these columns (arrays for the varying ones, single values for the others;
+    the `literal` ones given as array text), as SQL text with typed parameters, built once per shape.
 
     The parameters' types are the columns' own, so values are converted (UTC times, JSON through the
     engine's serializer) exactly as table.insert() would convert them; but without a length, because
@@ -156,8 +198,13 @@ def _unnest_insert(
     if ignore_conflicts:
         sql += " ON CONFLICT DO NOTHING"
     binds = [
+        # Array text is a plain string to the driver; the statement's cast makes it an array.
+        bindparam(name)
+        if name in literal
         # One dimension: a JSON value that is itself a list stays one element.
-        bindparam(name, type_=postgresql.ARRAY(types[name], dimensions=1) if name in varying else types[name])
+        else bindparam(name, type_=postgresql.ARRAY(types[name], dimensions=1))
+        if name in varying
+        else bindparam(name, type_=types[name])
         for name in columns
     ]
     return text(sql).bindparams(*binds)

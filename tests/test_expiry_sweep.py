@@ -149,6 +149,36 @@ async def test_many_rows_skip_only_conflicting_ones_when_asked(api: Api) -> None
     assert keys == {"a", "b", "c"}  # the failed statement left nothing behind, "d" included
 
 
+async def test_many_rows_keep_strings_as_they_are(api: Api) -> None:
+    # Strings go to PostgreSQL as array text written by us: quotes, backslashes, the array syntax's own
+    # characters and the word NULL must come back as they went in, and None as NULL.
+    keys = [
+        "plain",
+        'with "quotes"',
+        "back\\slash\\",
+        "a,b",
+        "{braces}",
+        " spaced ",
+        "NULL",
+        "",
+        "ünï ✓",
+        "'",
+    ]
+    async with api.container.engine.begin() as conn:
+        now = await db_now(conn)
+        rows = [
+            outbox_row(
+                kind="callback", dedupe_key=key, request_id=key if i % 2 else None, payload={}, now=now
+            )
+            for i, key in enumerate(keys)
+        ]
+        await insert_many(conn, outbox, rows)
+        stored = (
+            await conn.execute(select(outbox.c.dedupe_key, outbox.c.request_id).order_by(outbox.c.id))
+        ).all()
+    assert [tuple(row) for row in stored] == [(key, key if i % 2 else None) for i, key in enumerate(keys)]
+
+
 async def test_many_rows_refuse_a_value_too_long_for_its_column(api: Api) -> None:
     if api.container.engine.dialect.name != "postgresql":
         pytest.skip("SQLite does not enforce VARCHAR lengths")
