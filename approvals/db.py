@@ -145,13 +145,30 @@ def _uniform_columns(table: Table, rows: list[dict[str, Any]]) -> tuple[str, ...
 
 def _all_same(values: list[Any]) -> bool:
     first = values[0]
-    # Mostly the very same object (one time, one status for a whole batch): `is` settles those in C.
-    return all(map(operator.is_, values, itertools.repeat(first))) or all(_same(v, first) for v in values)
+    # Mostly the very same object (one time, one status for a whole batch): `is` settles those in C,
+    # and `==` in C settles the columns that differ. What is left is equal as Python sees it, which is
+    # equal as stored too when it is made of strings only; anything else is checked type by type.
+    if all(map(operator.is_, values, itertools.repeat(first))):
+        return True
+    if not all(map(operator.eq, values, itertools.repeat(first))):
+        return False
+    return _only_strings(first) or all(_same(value, first) for value in values)
+
+
+def _only_strings(value: Any) -> bool:
+    """A string, None, or lists and dicts of those: nothing Python holds equal that JSON tells apart."""
+    if value is None or type(value) is str:
+        return True
+    if type(value) is dict:
+        return all(type(key) is str and _only_strings(item) for key, item in value.items())
+    if type(value) is list:
+        return all(_only_strings(item) for item in value)
+    return False
 
 
 def _same(a: Any, b: Any) -> bool:
     """Whether a and b would be stored alike: equal, and of the same types all the way down (1, 1.0,
-    True and 0.0, -0.0 are equal in Python but not in JSON), keys in the same order."""
+    True and 0.0, -0.0 are equal in Python but not in JSON)."""
     if a is b:
         return True
     if type(a) is not type(b):
