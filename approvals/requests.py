@@ -474,14 +474,15 @@ _EXPIRED = {"status": "expired", "decided_by": "system", "reason": "no decision 
 # MATERIALIZED CTE, run once: as a subquery in UPDATE ... FROM the planner may rescan it for every
 # row it joins, claiming and expiring far more than `limit` rows. The heads are locked in chain id
 # order (the ORDER BY runs before the lock), as append_to_chains locks them, so two batches cannot
-# deadlock on them; looked up by an array, they come from the primary key.
-_EXPIRE_BATCH = text(
-    """
+# deadlock on them; looked up by an array, they come from the primary key. The limit is written into
+# the text (one statement per limit): were it a parameter, the generic plan PostgreSQL may switch a
+# prepared statement to would guess a tenth of the table for it and join by reading every request.
+_EXPIRE_BATCH = """
     WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now),
     due AS MATERIALIZED (
         SELECT id FROM requests
          WHERE status = 'pending' AND expires_at <= (SELECT now FROM clock)
-         ORDER BY expires_at LIMIT :limit
+         ORDER BY expires_at LIMIT %d
            FOR NO KEY UPDATE SKIP LOCKED
     ),
     expired AS (
@@ -500,8 +501,12 @@ _EXPIRE_BATCH = text(
     )
     SELECT e.id, e.callback_url, e.now, heads.seq, heads.hash
       FROM expired AS e LEFT JOIN heads ON heads.chain_id = e.id
-    """
-).columns(now=requests.c.decided_at.type)
+"""
+
+
+@functools.cache
+def _expire_batch(limit: int) -> Any:
+    return text(_EXPIRE_BATCH % int(limit)).columns(now=requests.c.decided_at.type)
 
 
 async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> list[str]:
@@ -513,7 +518,7 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
     the card updates, the callbacks.
     """
     if is_postgres(conn):
-        expired = (await conn.execute(_EXPIRE_BATCH, {"limit": limit, **_EXPIRED})).all()
+        expired = (await conn.execute(_expire_batch(limit), _EXPIRED)).all()
         if not expired:
             return []
         now = expired[0].now
