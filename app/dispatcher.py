@@ -125,37 +125,59 @@ class OutboxDispatcher:
                 log.exception("outbox_dispatch_failed")
 
     async def run_until_idle(self) -> int:
-        """Deliver due rows until none are left; returns how many attempts were made."""
-        total = 0
-        async with self._lock:
-            while True:
-                done = await self._run_batch()
-                total += done
-                if done == 0:
-                    return total
+        """Deliver due rows until none are left; returns how many attempts were made.
 
-    async def _run_batch(self) -> int:
+        Every attempt is recorded before this returns.
+        """
         if not self._handlers:
             return 0
+        total = 0
+        async with self._lock:
+            claimed = await self._claim()
+            while claimed:
+                # A full batch means more are probably due: the next batch is claimed and read while
+                # this one is out, so the claim's database round trips overlap the deliveries' HTTP
+                # waits instead of following them (it cannot take this batch's rows: they are leased).
+                full = len(claimed) >= BATCH
+                upcoming = asyncio.get_running_loop().create_task(self._claim()) if full else None
+                try:
+                    await self._deliver_batch(claimed)
+                except BaseException:
+                    if upcoming is not None:
+                        upcoming.cancel()
+                        with contextlib.suppress(BaseException):
+                            await upcoming
+                    raise
+                total += len(claimed)
+                claimed = await upcoming if upcoming is not None else []
+                if not claimed:
+                    # Claimed after the batch is recorded: rows its deliveries queued (a card's posts
+                    # per destination) are due now, and an early claim could not see them.
+                    claimed = await self._claim()
+        return total
+
+    async def _claim(self) -> list[Claimed]:
+        """Lease a batch of due rows and let each kind's preparer read what they need."""
         async with self._engine.begin() as conn:
             claimed = await claim_due(conn, kinds=self.kinds, limit=BATCH, lease=self._lease)
-        # Bounded per kind: Slack has rate limits, and deliveries that read the database hold a
-        # connection meanwhile (clicks waiting on the pool must ack in 3 s).
-        kinds = {c.kind for c in claimed}
-        limits = {kind: asyncio.Semaphore(self._concurrency[kind]) for kind in kinds}
-        for kind in kinds & self._preparers.keys():
+        for kind in {c.kind for c in claimed} & self._preparers.keys():
             try:
                 await self._preparers[kind]([c for c in claimed if c.kind == kind])
             except Exception:
                 log.exception("outbox_prepare_failed", kind=kind)
+        return claimed
+
+    async def _deliver_batch(self, claimed: list[Claimed]) -> None:
+        # Bounded per kind: Slack has rate limits, and deliveries that read the database hold a
+        # connection meanwhile (clicks waiting on the pool must ack in 3 s).
+        limits = {kind: asyncio.Semaphore(self._concurrency[kind]) for kind in {c.kind for c in claimed}}
 
         async def deliver(item: Claimed) -> None:
             async with limits[item.kind]:
                 await self._deliver(item)
 
         await asyncio.gather(*(deliver(item) for item in claimed))
-        await self._settle_unsettled()  # the batch is recorded before the next claim (and before returning)
-        return len(claimed)
+        await self._settle_unsettled()  # the batch is recorded before the next one goes out
 
     async def _deliver(self, item: Claimed) -> None:
         started = time.perf_counter()

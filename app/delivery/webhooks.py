@@ -359,7 +359,8 @@ class PinnedSessions:
     def session_for(
         self, host: str, port: int, addresses: Sequence[IPAddress], ssl_context: ssl.SSLContext | None
     ) -> aiohttp.ClientSession:
-        key = (_normalize_host(host), port, tuple(sorted(str(a) for a in addresses)), id(ssl_context))
+        # A frozenset: the address set, whatever order DNS gave it in, without formatting each address.
+        key = (_normalize_host(host), port, frozenset(addresses), id(ssl_context))
         session = self._sessions.get(key)
         if session is not None and not session.closed:
             self._sessions.move_to_end(key)
