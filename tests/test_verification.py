@@ -199,3 +199,18 @@ async def test_the_cli_verifies_in_process_too(api: Api, database_url: str) -> N
         report = json.loads(result.stdout)
         assert (report["ok"], report["checkpoints"]) == (True, 1)
         assert report["events"] >= 6
+
+
+async def test_identifiers_with_quotes_backslashes_and_control_characters_verify(api: Api) -> None:
+    """The database quotes plain identifiers itself and leaves the rest to to_json; a control
+    character (which it leaves raw, unlike Python) makes a body it cannot seal, decided here."""
+    async with api.container.engine.begin() as conn:
+        await append_events(conn, 'odd:"quoted"\\slash', [NewEvent("noted", 'actor "q" \\ b', {"k": 1})])
+        await append_events(conn, "odd:control", [NewEvent("noted\tkind", "actor\nline", {"k": 2})])
+    if api.container.engine.dialect.name == "postgresql":
+        async with api.container.engine.begin() as conn:
+            found = await chain_findings(conn, GENESIS_HASH, give_up_after=100)
+        assert found is not None
+        assert set(found.broken) == {"odd:control"} and found.unsealed == 1
+    [report, _] = await _both_modes(api)
+    assert report.ok, report.first_break
