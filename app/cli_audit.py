@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -147,22 +148,29 @@ def audit_export(
     async def run(stream: IO[str]) -> int:
         engine = build_engine(settings.database_url)
         try:
-            async with engine.connect() as conn:
+            async with contextlib.AsyncExitStack() as sessions:
+                conn = await sessions.enter_async_context(engine.connect())
                 population = await count_chains(conn, wanted)
                 click.echo(f"population: {population} chains", err=True)
-                await _write(conn, stream, fmt, population)
+                builders = []
+                if fmt != "csv" and engine.dialect.name == "postgresql":
+                    # Two sessions write pages of JSON while this one finds the next pages.
+                    builders = [await sessions.enter_async_context(engine.connect()) for _ in range(2)]
+                await _write(conn, builders, stream, fmt, population)
             return population
         finally:
             await engine.dispose()
 
-    async def _write(conn: AsyncConnection, stream: IO[str], fmt: str, population: int) -> None:
+    async def _write(
+        conn: AsyncConnection, builders: list[AsyncConnection], stream: IO[str], fmt: str, population: int
+    ) -> None:
         written = 0
         with click.progressbar(length=population, label="exporting", file=sys.stderr) as bar:
             if fmt == "json":
                 stream.write(f'{{"population": {population}, "chains": [')
             elif fmt == "csv":
                 stream.write(csv_text([CSV_COLUMNS]))
-            async for chain in _chains(conn, fmt):
+            async for chain in _chains(conn, builders, fmt):
                 if fmt == "json":
                     stream.write(("," if written else "") + chain)
                 elif fmt == "jsonl":
@@ -178,10 +186,10 @@ def audit_export(
             if fmt == "json":
                 stream.write("]}\n")
 
-    async def _chains(conn: AsyncConnection, fmt: str) -> AsyncIterator[str]:
+    async def _chains(conn: AsyncConnection, builders: list[AsyncConnection], fmt: str) -> AsyncIterator[str]:
         """Each chain's text: JSON written by PostgreSQL itself where it can, else from its dict."""
-        if fmt != "csv" and conn.dialect.name == "postgresql":
-            async for text in iter_chain_texts(conn, wanted):
+        if builders:
+            async for text in iter_chain_texts(conn, wanted, builders=builders):
                 yield text
             return
         async for chain in iter_chains(conn, wanted):

@@ -13,8 +13,10 @@ statement) have their params replaced with approvals.chains.redact and are encod
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import String, bindparam, text
@@ -211,18 +213,42 @@ WHERE r.id = ANY(:ids)
 ).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
-async def iter_chain_texts(conn: AsyncConnection, f: ChainFilter) -> AsyncIterator[str]:
-    """Every matching chain as compact JSON text, in export order, a page at a time (PostgreSQL)."""
+async def iter_chain_texts(
+    conn: AsyncConnection, f: ChainFilter, *, builders: Sequence[AsyncConnection] = ()
+) -> AsyncIterator[str]:
+    """Every matching chain as compact JSON text, in export order, a page at a time (PostgreSQL).
+
+    `conn` finds each page's ids; the pages are written on `builders` (default: `conn` itself), one
+    page in flight on each, so that several database sessions write JSON while this one hands it
+    out in order. Memory stays at a page per builder.
+    """
+    writers = list(builders) or [conn]
+    in_flight: deque[tuple[list[str], asyncio.Task[dict[str, Any]]]] = deque()
     cursor: str | None = None
-    while True:
-        ids, cursor = await page_ids(conn, f, cursor=cursor, limit=PAGE)
-        if ids:
-            built = {row.id: row for row in await conn.execute(_CHAINS, {"ids": ids})}
+    turn, more = 0, True
+    try:
+        while True:
+            while more and len(in_flight) < len(writers):
+                # With `conn` among the writers, this waits until no page is being written on it.
+                ids, cursor = await page_ids(conn, f, cursor=cursor, limit=PAGE)
+                more = cursor is not None
+                if ids:
+                    writer = writers[turn % len(writers)]
+                    turn += 1
+                    in_flight.append((ids, asyncio.ensure_future(_write_page(writer, ids))))
+            if not in_flight:
+                return
+            ids, page = in_flight.popleft()
+            built = await page
             for request_id in ids:
-                row = built[request_id]
-                yield _redacted(row.chain) if row.redacts else row.chain
-        if cursor is None:
-            return
+                redacts, chain = built[request_id]
+                yield _redacted(chain) if redacts else chain
+    finally:  # pages still being written finish (their sessions stay usable); what they wrote is dropped
+        await asyncio.gather(*(page for _ids, page in in_flight), return_exceptions=True)
+
+
+async def _write_page(conn: AsyncConnection, ids: list[str]) -> dict[str, Any]:
+    return {row.id: (row.redacts, row.chain) for row in await conn.execute(_CHAINS, {"ids": ids})}
 
 
 def _redacted(chain_text: str) -> str:

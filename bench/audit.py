@@ -1321,14 +1321,18 @@ async def measure_export(engine: AsyncEngine, limit: int) -> dict[str, Any]:
     and app.chain_formats.jsonl, what the chains API and CSV export do) for comparison."""
     wanted = ChainFilter()
     figures: dict[str, Any] = {}
-    for name, chains_of in (("database", iter_chain_texts), ("python", _python_chains)):
+    for name in ("database", "python"):
         written = 0
         with open(os.devnull, "w", encoding="utf-8") as sink:
-            async with engine.connect() as conn:
-                pid = await backend_pid(conn)
-                with Phase([pid]) as phase:
+            async with engine.connect() as conn, engine.connect() as one, engine.connect() as two:
+                pids = [await backend_pid(c) for c in (conn, one, two)]
+                with Phase(pids if name == "database" else pids[:1]) as phase:
                     population = await count_chains(conn, wanted)
-                    chains = chains_of(conn, wanted)
+                    chains = (
+                        iter_chain_texts(conn, wanted, builders=[one, two])  # as the CLI does
+                        if name == "database"
+                        else _python_chains(conn, wanted)
+                    )
                     async for chain in chains:
                         sink.write(chain + "\n")
                         written += 1

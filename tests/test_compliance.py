@@ -338,7 +338,16 @@ async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_buil
         async with api.container.engine.connect() as conn:
             built = [jsonl(chain)[:-1] async for chain in iter_chains(conn, wanted)]
             written = [chain async for chain in iter_chain_texts(conn, wanted)]
+            async with api.container.engine.connect() as one, api.container.engine.connect() as two:
+                # as the CLI exports: pages written on two other sessions, handed out in order
+                in_parallel = [chain async for chain in iter_chain_texts(conn, wanted, builders=[one, two])]
+                # An export stopped early (pages still being written) leaves every session usable.
+                stopped = iter_chain_texts(conn, wanted, builders=[one, two])
+                assert await anext(stopped) == built[0]
+                await stopped.aclose()
+                assert [(await c.execute(text("SELECT 1"))).scalar() for c in (conn, one, two)] == [1, 1, 1]
         assert written == built
+        assert in_parallel == built
     assert len(built) >= 4
     everything = "\n".join(written)
     assert "185000" not in everything and "150000.0" not in everything and "[redacted]" in everything
