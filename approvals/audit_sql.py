@@ -55,14 +55,16 @@ MISSING, UNLINKED, UNSEALED = 0, 1, 2
 # at all shows up as a chain of none. The window is ordered by `sealed` after `seq` (which is
 # unique within a chain, so the order is the same): that makes PostgreSQL compute the hash below
 # the sort, in its parallel workers, instead of in the leader above it. GROUPING SETS adds the
-# totals row to the same pass. Only chains with a finding come back, and the totals.
+# totals row to the same pass. Only chains with a finding come back, and the totals. Chains are told
+# apart bytewise (COLLATE "C": a third quicker to sort than by the database's collation); the caller
+# orders what it reports in the database's own order.
 _CHAIN_FINDINGS = text(
     f"""
 WITH log AS (
-    SELECT e.chain_id, false AS is_head, e.seq, e.prev_hash, e.hash, {_SEALED} AS sealed
+    SELECT e.chain_id COLLATE "C" AS chain_id, false AS is_head, e.seq, e.prev_hash, e.hash, {_SEALED} AS sealed
     FROM audit_events AS e
     UNION ALL
-    SELECT h.chain_id, true, h.seq, NULL, h.hash, true FROM chain_heads AS h
+    SELECT h.chain_id COLLATE "C", true, h.seq, NULL, h.hash, true FROM chain_heads AS h
 ), checked AS (
     SELECT l.chain_id, l.is_head, l.seq, l.hash, l.sealed,
            pg_catalog.row_number() OVER w AS place,
@@ -91,6 +93,8 @@ HAVING GROUPING(chain_id) = 1
     OR pg_catalog.count(*) FILTER (WHERE NOT is_head AND (seq <> place OR NOT linked OR NOT sealed)) > 0
     OR pg_catalog.max(seq) FILTER (WHERE is_head) IS DISTINCT FROM pg_catalog.max(seq) FILTER (WHERE last AND NOT is_head)
     OR pg_catalog.max(hash) FILTER (WHERE is_head) IS DISTINCT FROM pg_catalog.max(hash) FILTER (WHERE last AND NOT is_head)
+ORDER BY GROUPING(chain_id) DESC
+LIMIT :most
 """  # noqa: S608 (built from this module's constants only)
 )
 
@@ -118,29 +122,33 @@ class ChainFindings:
     unsealed: int = 0
 
 
-async def chain_findings(conn: AsyncConnection, genesis: str, *, give_up_after: int) -> ChainFindings | None:
-    """Every chain checked in one statement; None once more than `give_up_after` events could not be
-    sealed here (a log written in an older JSON layout), which the caller then verifies in Python."""
+async def chain_findings(
+    conn: AsyncConnection, genesis: str, *, give_up_after: int, most_chains: int = 20_000
+) -> ChainFindings | None:
+    """Every chain checked in one statement. None once more than `give_up_after` events could not be
+    sealed here (a log written in an older JSON layout) or more than `most_chains` chains have a
+    finding (a log tampered with wholesale): the caller then verifies in Python, which needs no list
+    of everything that is wrong to name the first."""
     for setting in _SESSION_SETTINGS:
         await conn.execute(text(setting))
     found = ChainFindings()
-    result = await conn.stream(_CHAIN_FINDINGS.execution_options(yield_per=1000), {"genesis": genesis})
-    try:
-        async for row in result:
-            if row.is_total:
-                found.events, found.chains = int(row.events), int(row.chains)
-                continue
-            if not row.events:
-                found.head_only.append(row.chain_id)
-                continue
-            findings = sorted((int(s), int(p), int(f)) for s, p, f in (row.findings or []))
-            found.unsealed += sum(1 for _s, _p, f in findings if f == UNSEALED)
-            if found.unsealed > give_up_after:
-                return None
-            head = None if row.head_seq is None else (row.head_seq, row.head_hash)
-            found.broken[row.chain_id] = (findings, (row.last_seq, row.last_hash), head)
-    finally:
-        await result.close()
+    # Read at once, not through a server-side cursor: PostgreSQL runs no parallel workers for those.
+    rows = await conn.execute(_CHAIN_FINDINGS, {"genesis": genesis, "most": most_chains + 2})
+    for row in rows:
+        if row.is_total:  # first (ORDER BY)
+            found.events, found.chains = int(row.events), int(row.chains)
+            continue
+        if len(found.broken) + len(found.head_only) >= most_chains:
+            return None
+        if not row.events:
+            found.head_only.append(row.chain_id)
+            continue
+        findings = sorted((int(s), int(p), int(f)) for s, p, f in (row.findings or []))
+        found.unsealed += sum(1 for _s, _p, f in findings if f == UNSEALED)
+        if found.unsealed > give_up_after:
+            return None
+        head = None if row.head_seq is None else (row.head_seq, row.head_hash)
+        found.broken[row.chain_id] = (findings, (row.last_seq, row.last_hash), head)
     return found
 
 

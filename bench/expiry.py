@@ -116,7 +116,7 @@ from app.logs import configure_logging
 from app.migrate import upgrade_to_head
 from app.scheduler import expire_requests_job
 from approvals.agents import add_agent
-from approvals.audit import GENESIS_HASH, canonical_json, event_hash, verify_all
+from approvals.audit import GENESIS_HASH, canonical_json, canonical_text, event_hash, verify_all
 from approvals.db import db_now
 from approvals.keys import new_id
 from approvals.policies import evaluate, load_policies
@@ -304,7 +304,7 @@ class Seeder:
         evaluation = evaluate(self.policies.policy_set, ACTION)
         rule = evaluation.rule
         assert rule is not None and evaluation.decision == "require_approval"
-        snapshot = json.dumps(self.policies.rule_snapshot(evaluation.rule_index))
+        snapshot = canonical_text(self.policies.rule_snapshot(evaluation.rule_index))
         request_rows, event_rows, head_rows, ids = [], [], [], []
         actor = f"agent:{self.agent_name}"
         for i in range(count):
@@ -327,7 +327,7 @@ class Seeder:
                     ACTION,
                     new.title,
                     new.summary,
-                    json.dumps(new.params),
+                    canonical_text(new.params),
                     payload_sha256,
                     new.on_behalf_of,
                     "[]",
@@ -694,7 +694,8 @@ async def throughput(
         container = await build_container(settings_for(url, workdir))
         delivering = container.dispatcher
         container.dispatcher = OutboxDispatcher(engine)  # no handlers: committed() delivers nothing yet
-        counter_service = StatementCounter(container.engine)
+        # The pool's own engine: its listeners see the sweeps' view (container.engine) and the dispatcher's.
+        counter_service = StatementCounter(container.interactive)
         print("expiry: service ...", flush=True)
         profile = workdir / "expiry.prof" if args.profile else None
         svc = await timed(
