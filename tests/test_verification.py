@@ -214,3 +214,20 @@ async def test_identifiers_with_quotes_backslashes_and_control_characters_verify
         assert set(found.broken) == {"odd:control"} and found.unsealed == 1
     [report, _] = await _both_modes(api)
     assert report.ok, report.first_break
+
+
+async def test_a_log_broken_in_too_many_chains_is_verified_here_and_the_first_named(api: Api) -> None:
+    chains = await _write_chains(api, 3)
+    async with api.container.engine.begin() as conn:
+        await _superuser(conn)
+        await conn.execute(
+            text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2 AND chain_id LIKE 'test:%'")
+        )
+    if api.container.engine.dialect.name == "postgresql":
+        async with api.container.engine.begin() as conn:
+            assert await chain_findings(conn, GENESIS_HASH, give_up_after=100, most_chains=2) is None
+            found = await chain_findings(conn, GENESIS_HASH, give_up_after=100, most_chains=3)
+        assert found is not None and set(found.broken) == set(chains)
+    [report, _] = await _both_modes(api)
+    assert report.first_break is not None
+    assert (report.first_break.chain_id, report.first_break.seq) == (chains[0], 2)
