@@ -27,6 +27,7 @@ from app.tasks import drain_background_tasks
 from app.web import build_app
 from approvals.agents import add_agent
 from approvals.policies import parse_policies
+from tests.receiver import Receiver
 
 POSTGRES_SERVER_URL = os.environ.get(
     "APPROVALS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -244,6 +245,25 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             "hiring-bot", ["send_offer_letter", "refund_customer", "read_*", "delete_*"]
         )
         yield client
+    await stop_service(container, server)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real local HTTP endpoint that records the callbacks it is sent."""
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def cb_api(database_url: str) -> AsyncIterator[Api]:
+    """The service (Slack off) allowed to call back to 127.0.0.1, with one agent, cb-bot."""
+    container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
+    async with ClientSession() as session:
+        api = Api(session=session, base=str(server.make_url("")), key="", container=container)
+        api.key = await api.add_agent("cb-bot", ["send_offer_letter", "read_*"])
+        yield api
     await stop_service(container, server)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
 
-import pytest
 from aiohttp import ClientSession
 from sqlalchemy import func, select, update
 
@@ -22,23 +20,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     return any(sig == f"v1,{expected}" for sig in headers["webhook-signature"].split(" "))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
-async def cb_api(database_url: str) -> AsyncIterator[Api]:
-    container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
-    async with ClientSession() as session:
-        api = Api(session=session, base=str(server.make_url("")), key="", container=container)
-        api.key = await api.add_agent("cb-bot", ["send_offer_letter", "read_*"])
-        yield api
-    await stop_service(container, server)
 
 
 async def _make_due(api: Api) -> None:

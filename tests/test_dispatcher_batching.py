@@ -6,36 +6,16 @@ run_until_idle returns.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from aiohttp import ClientSession
 from sqlalchemy import event
 
 from approvals.db import db_now
 from approvals.outbox import CALLBACK, enqueue_many, outbox_row
-from tests.conftest import Api, offer, start_service, stop_service
+from tests.conftest import Api, offer
 from tests.receiver import Receiver
 
 REQUESTS = 60  # more than one leased batch
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
-async def cb_api(database_url: str) -> AsyncIterator[Api]:
-    container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
-    async with ClientSession() as session:
-        api = Api(session=session, base=str(server.make_url("")), key="", container=container)
-        api.key = await api.add_agent("cb-bot", ["read_*"])
-        yield api
-    await stop_service(container, server)
 
 
 async def test_a_burst_of_callbacks_is_recorded_in_a_few_transactions_and_completely(

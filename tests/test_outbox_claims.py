@@ -9,40 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from aiohttp import ClientSession
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from approvals.db import db_now
 from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, claim_due, enqueue_many, outbox_row
 from approvals.tables import outbox
-from tests.conftest import Api, offer, start_service, stop_service
+from tests.conftest import Api, offer
 from tests.receiver import Receiver
 
 WAITING = 3000  # Slack rows queued while Slack is off, all due (and due earlier than the callback)
 INDEX = "ix_outbox_status_kind_next_attempt_at"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
-async def slack_off_api(database_url: str) -> AsyncIterator[Api]:
-    container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
-    assert container.slack is None and container.dispatcher.kinds == [CALLBACK]
-    async with ClientSession() as session:
-        api = Api(session=session, base=str(server.make_url("")), key="", container=container)
-        api.key = await api.add_agent("cb-bot", ["read_*"])
-        yield api
-    await stop_service(container, server)
 
 
 async def _queue_undeliverable(engine: AsyncEngine, count: int) -> None:
@@ -97,19 +76,20 @@ def _index_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_waiting_slack_rows_neither_block_nor_slow_callbacks_and_are_kept(
-    slack_off_api: Api, receiver: Receiver
+    cb_api: Api, receiver: Receiver
 ) -> None:
-    engine = slack_off_api.container.engine
+    assert cb_api.container.slack is None and cb_api.container.dispatcher.kinds == [CALLBACK]
+    engine = cb_api.container.engine
     await _queue_undeliverable(engine, WAITING)
     # On the pool's own engine (`engine` is a view of it), so the dispatcher's statements are seen.
-    claims = _capture_claims(slack_off_api.container.interactive)
+    claims = _capture_claims(cb_api.container.interactive)
 
     created = await (
-        await slack_off_api.post("/v1/requests", offer(action="read_mail", callback_url=receiver.url()))
+        await cb_api.post("/v1/requests", offer(action="read_mail", callback_url=receiver.url()))
     ).json()
     [hit] = await receiver.wait_for(1)
     assert json.loads(hit.body)["data"]["id"] == created["id"]
-    await slack_off_api.container.dispatcher.run_until_idle()
+    await cb_api.container.dispatcher.run_until_idle()
 
     # Every claim asked for its kind through the kind-leading index, so the waiting rows were not scanned.
     assert claims, "the dispatcher made no claim"
