@@ -101,15 +101,13 @@ async def claim_due(
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(limit)
         )
-        if is_postgres(conn):
-            query = query.with_for_update(skip_locked=True)
         rows.extend((await conn.execute(query)).all())
     if not rows:
         return []
     for row in rows:
         if row.attempts > 0:
             await _record_interrupted(conn, row)
-    # One statement for the batch: the rows are ours (locked on PostgreSQL; SQLite has one writer).
+    # One statement for the batch: the rows are ours (SQLite has one writer).
     await conn.execute(
         update(outbox)
         .where(outbox.c.id.in_([row.id for row in rows]))
@@ -143,15 +141,7 @@ WHERE outbox.id = due.id
 RETURNING outbox.id, outbox.kind, outbox.request_id, outbox.dedupe_key, outbox.payload,
           due.attempts, due.updated_at
 """
-).columns(
-    outbox.c.id,
-    outbox.c.kind,
-    outbox.c.request_id,
-    outbox.c.dedupe_key,
-    outbox.c.payload,
-    outbox.c.attempts,
-    outbox.c.updated_at,
-)
+).columns(*_CLAIM_COLUMNS)
 
 
 async def _claim_due_postgres(
