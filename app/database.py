@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from approvals.audit import canonical_text
@@ -20,6 +22,33 @@ def async_url(url: str) -> str:
     elif parsed.drivername in ("postgresql", "postgresql+psycopg2", "postgresql+asyncpg"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+# A connection that was in use a moment ago is alive: pinging it at every checkout (pool_pre_ping) was
+# a round trip on every intake request. One idle for longer than this is pinged first, so a pool that
+# sat idle through a database restart still reconnects without failing anyone; a restart under load
+# fails the few statements in flight (503, retried by agents) and the first failure renews the pool.
+PING_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine.pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_SECONDS:
+            return  # a new connection, or one just used
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_connection)
+        except sync_engine.dialect.loaded_dbapi.Error as exc:
+            raise InvalidatePoolError(f"ping failed: {exc}") from exc
+        if not alive:
+            raise InvalidatePoolError("ping failed")
 
 
 def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: Any) -> AsyncEngine:
@@ -36,7 +65,6 @@ def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: An
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 5)
-        kwargs.setdefault("pool_pre_ping", True)
         # A server that stops answering (frozen, partitioned) must fail a new connection within seconds,
         # and TCP keepalives find a dead peer under an idle pooled connection in about a minute.
         connect_args: dict[str, Any] = {
@@ -51,7 +79,9 @@ def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: An
                 f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
             )
         kwargs.setdefault("connect_args", connect_args)
-        return create_async_engine(url, **kwargs)
+        engine = create_async_engine(url, **kwargs)
+        _ping_when_idle(engine)
+        return engine
     kwargs.pop("pool_size", None)  # SQLite: one file, one writer at a time; the default pool suits it
     kwargs.pop("max_overflow", None)
 
