@@ -17,7 +17,9 @@ import psycopg
 import pytest
 from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestServer
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.bootstrap import Container, build_container
 from app.config import Settings
@@ -27,6 +29,7 @@ from app.tasks import drain_background_tasks
 from app.web import build_app
 from approvals.agents import add_agent
 from approvals.policies import parse_policies
+from approvals.tables import audit_events
 from tests.receiver import Receiver
 
 POSTGRES_SERVER_URL = os.environ.get(
@@ -313,6 +316,33 @@ async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return subprocess.CompletedProcess(list(args), proc.returncode or 0, out.decode(), err.decode())
+
+
+FINAL_KINDS = ("request_approved", "request_rejected", "request_expired", "request_cancelled")
+
+
+async def final_events_per_chain(conn: AsyncConnection) -> dict[str, int]:
+    """How many final-state events each chain holds (exactly one is right for a request that ended)."""
+    rows = await conn.execute(
+        select(audit_events.c.chain_id, func.count())
+        .where(audit_events.c.kind.in_(FINAL_KINDS))
+        .group_by(audit_events.c.chain_id)
+    )
+    return {chain_id: int(count) for chain_id, count in rows}
+
+
+# Proxy settings would send a subprocess's local traffic elsewhere; the developer's own APPROVALS_ and
+# SLACK_ settings would change what a test starts.
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment for an `approvals serve` subprocess: no proxies, no settings of ours."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in PROXY_VARIABLES and not k.startswith(("APPROVALS_", "SLACK_"))
+    }
 
 
 async def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from app.dispatcher import Settlement
 from approvals.agents import add_agent
 from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
-from tests.conftest import _clear_postgres, offer, stop_process
+from tests.conftest import _clear_postgres, clean_environment, offer, stop_process
 from tests.fake_slack import FakeSlack
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 from tests.test_service_startup import free_port
@@ -47,8 +46,6 @@ from tests.test_service_startup import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
 KILLED = -signal.SIGKILL
-PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-
 T = TypeVar("T")
 
 
@@ -149,11 +146,7 @@ class Crash:
 
     async def start(self, failpoint: str | None = None) -> Service:
         port = free_port()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k.lower() not in PROXY_VARIABLES and not k.startswith(("APPROVALS_", "SLACK_"))
-        }
+        env = clean_environment()
         env |= {
             "APPROVALS_DATABASE_URL": self.database_url,
             "APPROVALS_PORT": str(port),

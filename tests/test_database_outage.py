@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -57,17 +56,24 @@ from app.database import build_engine
 from app.migrate import upgrade_to_head
 from approvals.agents import add_agent
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks, slack_messages
-from tests.conftest import BACKENDS, REQUIRE_POSTGRES, TEST_CHECKPOINT_KEY, TEST_POLICIES, stop_process
+from tests.conftest import (
+    BACKENDS,
+    FINAL_KINDS,
+    REQUIRE_POSTGRES,
+    TEST_CHECKPOINT_KEY,
+    TEST_POLICIES,
+    clean_environment,
+    stop_process,
+)
 from tests.fake_slack import TEAM_ID, FakeSlack
 from tests.pg_cluster import ClusterError, PgCluster, missing_tools
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
-from tests.test_crash_safety import PROXY_VARIABLES, ROOT, SERVE, eventually
+from tests.test_crash_safety import ROOT, SERVE, eventually
 from tests.test_service_startup import free_port
 
 APPROVER = "U01COO"
 CHANNEL = "C0HIRING"
-FINAL_KINDS = ("request_approved", "request_rejected", "request_expired", "request_cancelled")
 # Kinds of request, by index modulo 3: what each must end as.
 ALLOWED, EXPIRING, HUMAN = 0, 1, 2
 EXPECTED = {ALLOWED: ("approved", "policy"), EXPIRING: ("expired", "system"), HUMAN: ("approved", "human")}
@@ -148,11 +154,7 @@ class Outage:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k.lower() not in PROXY_VARIABLES and not k.startswith(("APPROVALS_", "SLACK_"))
-        }
+        env = clean_environment()
         return env | {
             "APPROVALS_DATABASE_URL": self.cluster.url(),
             "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,

@@ -21,9 +21,8 @@ from approvals.decisions import Click, Clicker, Recorded, record_click
 from approvals.outbox import outbox_row
 from approvals.requests import expire_due_requests
 from approvals.tables import audit_events, chain_heads, outbox, requests
-from tests.conftest import Api, offer
+from tests.conftest import Api, final_events_per_chain, offer
 
-FINAL_KINDS = ["request_approved", "request_rejected", "request_expired", "request_cancelled"]
 COO = Clicker(user_id="U01COO", team_id="T1", name="Coo", email="coo@example.com")
 
 
@@ -56,15 +55,7 @@ async def test_a_sweep_racing_clicks_ends_each_request_once(api: Api) -> None:
 
     async with engine.connect() as conn:
         statuses = dict((await conn.execute(select(requests.c.id, requests.c.status))).all())
-        finals = dict(
-            (
-                await conn.execute(
-                    select(audit_events.c.chain_id, func.count())
-                    .where(audit_events.c.kind.in_(FINAL_KINDS))
-                    .group_by(audit_events.c.chain_id)
-                )
-            ).all()
-        )
+        finals = await final_events_per_chain(conn)
         queued = set((await conn.execute(select(outbox.c.dedupe_key))).scalars())
         report = await verify_all(conn)
     assert all(len(batch) <= 6 for batch in results if isinstance(batch, list))  # the limit holds

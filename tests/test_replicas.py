@@ -23,7 +23,7 @@ from app.migrate import upgrade_to_head
 from approvals.agents import add_agent
 from approvals.audit import verify_all
 from approvals.tables import audit_events, requests, slack_messages
-from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, fresh_postgres, offer
+from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, final_events_per_chain, fresh_postgres, offer
 from tests.fake_slack import FakeSlack
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
@@ -31,7 +31,6 @@ from tests.test_service_startup import free_port
 
 REPLICAS = 3
 REQUESTS = 1000
-FINAL_KINDS = ["request_approved", "request_rejected", "request_expired", "request_cancelled"]
 
 
 @pytest.fixture
@@ -185,15 +184,7 @@ async def test_three_replicas_never_lose_or_double_anything(cluster: dict) -> No
         statuses = dict(
             (await conn.execute(select(requests.c.status, func.count()).group_by(requests.c.status))).all()
         )
-        finals = dict(
-            (
-                await conn.execute(
-                    select(audit_events.c.chain_id, func.count())
-                    .where(audit_events.c.kind.in_(FINAL_KINDS))
-                    .group_by(audit_events.c.chain_id)
-                )
-            ).all()
-        )
+        finals = await final_events_per_chain(conn)
         expiries = (
             await conn.execute(
                 select(func.count()).select_from(audit_events).where(audit_events.c.kind == "request_expired")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import _clear_postgres, stop_process
-from tests.test_crash_safety import PROXY_VARIABLES, eventually
+from tests.conftest import _clear_postgres, clean_environment, stop_process
+from tests.test_crash_safety import eventually
 from tests.test_service_startup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +38,7 @@ async def database(postgres_database: str) -> AsyncIterator[str]:
 
 def _serve(database_url: str, logs: Path) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.lower() not in PROXY_VARIABLES and not k.startswith(("APPROVALS_", "SLACK_"))
-    }
+    env = clean_environment()
     env |= {
         "APPROVALS_DATABASE_URL": database_url,
         "APPROVALS_PORT": str(port),
