@@ -230,6 +230,7 @@ def check_link(row: Any, expected_seq: int, prev_hash: str) -> ChainBreak | None
 
 
 CONTENT_CHANGED = "event content does not match its hash"
+REMOVED_AFTER = "events after this point were removed"
 
 
 async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | None:
@@ -247,7 +248,7 @@ async def verify_chain(conn: AsyncConnection, chain_id: str) -> ChainBreak | Non
         prev_hash, expected_seq = row.hash, expected_seq + 1
     head = (await conn.execute(select(chain_heads).where(chain_heads.c.chain_id == chain_id))).first()
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
-        return ChainBreak(chain_id, expected_seq, "events after this point were removed")
+        return ChainBreak(chain_id, expected_seq, REMOVED_AFTER)
     return None
 
 
@@ -301,24 +302,27 @@ async def _report_findings(conn: AsyncConnection, found: ChainFindings) -> Verif
     for chain_id, (findings, (last_seq, last_hash), head) in found.broken.items():
         brk: ChainBreak | None = None
         for seq, place, finding in findings:
-            if finding == MISSING:
-                brk = ChainBreak(chain_id, place, f"event {place} is missing")
-            elif finding == UNLINKED:
-                brk = ChainBreak(chain_id, seq, "prev_hash does not match the event before it")
-            elif (chain_id, seq) not in proven:
-                brk = ChainBreak(chain_id, seq, CONTENT_CHANGED)
-            if brk is not None:
+            if finding in (MISSING, UNLINKED) or (chain_id, seq) not in proven:
+                # A MISSING event stands where `place` was due; the others are in their place.
+                brk = _link_break(chain_id, seq, place, link_ok=finding != UNLINKED)
                 break
         if brk is None and head is not None and head != (last_seq, last_hash):
-            brk = ChainBreak(chain_id, int(last_seq) + 1, "events after this point were removed")
+            brk = ChainBreak(chain_id, int(last_seq) + 1, REMOVED_AFTER)
         if brk is not None:
             breaks[chain_id] = brk
+    return await _report(conn, found.chains, found.events, breaks, found.head_only)
+
+
+async def _report(
+    conn: AsyncConnection, chains: int, events: int, breaks: dict[str, ChainBreak], head_only: list[str]
+) -> VerifyReport:
+    """The report naming the first broken chain in the database's order, or a chain removed whole."""
     first_break: ChainBreak | None = None
     if breaks:
         first_break = breaks[await _first_in_chain_order(conn, list(breaks))]
-    elif found.head_only:
-        first_break = ChainBreak(min(found.head_only), 1, "the whole chain was removed")
-    return VerifyReport(chains=found.chains, events=found.events, first_break=first_break)
+    elif head_only:
+        first_break = ChainBreak(min(head_only), 1, "the whole chain was removed")
+    return VerifyReport(chains=chains, events=events, first_break=first_break)
 
 
 async def _recheck(conn: AsyncConnection, events: list[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -489,13 +493,8 @@ async def _verify_in_process(conn: AsyncConnection, postgres: bool) -> VerifyRep
         if expected is None:
             head_only.append(chain_id)
         elif expected and head_seq is not None and (head_seq != expected - 1 or head_hash != prev_hash):
-            breaks[chain_id] = ChainBreak(chain_id, expected, "events after this point were removed")
-    first_break: ChainBreak | None = None
-    if breaks:
-        first_break = breaks[await _first_in_chain_order(conn, list(breaks))]
-    elif head_only:
-        first_break = ChainBreak(min(head_only), 1, "the whole chain was removed")
-    return VerifyReport(chains=chains, events=events, first_break=first_break)
+            breaks[chain_id] = ChainBreak(chain_id, expected, REMOVED_AFTER)
+    return await _report(conn, chains, events, breaks, head_only)
 
 
 def _hash_matches(row: Any, data: Any, created_at: dt.datetime) -> bool:
