@@ -144,9 +144,7 @@ class _MergedHashes:
         """Advance `running` over the next rows with ids up to `up_to_id`: (hash, count, id in both).
         With None the rows are only passed over (a checkpoint the database recomputed)."""
         count, previous_id, both = 0, None, None
-        sha256 = hashlib.sha256
-        stepwise = running is not None and running.scheme == SCHEME_STEPWISE
-        value = running.value() if running is not None else ""
+        add = running.add if running is not None else None
         while True:
             rows, index = self._rows, self._at
             for index in range(self._at, len(rows)):
@@ -156,22 +154,17 @@ class _MergedHashes:
                 if row_id == previous_id:
                     both = int(row_id)
                     break
-                if stepwise:  # inlined: the hot loop of verifying an older log
-                    value = sha256((value + digest).encode()).hexdigest()
-                elif running is not None:
-                    running.add(digest)
+                if add is not None:
+                    add(digest)
                 count, previous_id = count + 1, row_id
             else:
                 try:
                     self._rows, self._at = await self._partitions.__anext__(), 0
                     continue
                 except StopAsyncIteration:
-                    self._rows, self._at = (), 0
-                    index = 0
+                    self._rows, index = (), 0
             self._at = index  # where the next checkpoint's range starts
-            if running is not None and not stepwise:
-                value = running.value()
-            return value, count, both
+            return (running.value() if running is not None else ""), count, both
 
 
 def _one_pass(rows: list[dict[str, Any]]) -> bool:
