@@ -113,5 +113,10 @@ def csv_text(rows: list[list[Any]]) -> str:
 _JSONL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def compact_json(chain: dict[str, Any]) -> str:
+    """A chain as one line of compact JSON (what approvals.chain_json has PostgreSQL write too)."""
+    return _JSONL.encode(chain)
+
+
 def jsonl(chain: dict[str, Any]) -> str:
-    return _JSONL.encode(chain) + "\n"
+    return compact_json(chain) + "\n"

@@ -15,7 +15,15 @@ import click
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.audit_report import render_report
-from app.chain_formats import CSV_COLUMNS, FORMATS, chain_filter, csv_row, csv_text, jsonl, parse_time
+from app.chain_formats import (
+    CSV_COLUMNS,
+    FORMATS,
+    chain_filter,
+    compact_json,
+    csv_row,
+    csv_text,
+    parse_time,
+)
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit, with_engine
 from app.database import build_engine
@@ -193,7 +201,7 @@ def audit_export(
                 yield text
             return
         async for chain in iter_chains(conn, wanted):
-            yield csv_text([csv_row(chain)]) if fmt == "csv" else jsonl(chain)[:-1]
+            yield csv_text([csv_row(chain)]) if fmt == "csv" else compact_json(chain)
 
     if out is None:
         asyncio.run(run(sys.stdout))

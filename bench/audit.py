@@ -87,7 +87,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.chain_formats import jsonl
+from app.chain_formats import compact_json
 from app.checkpoint_keys import CheckpointKey
 from app.database import build_engine
 from app.migrate import upgrade_to_head
@@ -1350,7 +1350,7 @@ async def measure_export(engine: AsyncEngine, limit: int) -> dict[str, Any]:
 
 async def _python_chains(conn: AsyncConnection, wanted: ChainFilter) -> AsyncIterator[str]:
     async for chain in iter_chains(conn, wanted):
-        yield jsonl(chain)[:-1]
+        yield compact_json(chain)
 
 
 def baseline_export(libpq: str, limit: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, text
 
-from app.chain_formats import jsonl
+from app.chain_formats import compact_json
 from approvals.auditors import add_auditor_key
 from approvals.chain_json import iter_chain_texts
 from approvals.chains import ChainFilter, iter_chains
@@ -336,7 +336,7 @@ async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_buil
     monkeypatch.setattr("approvals.chain_json.PAGE", 2)
     for wanted in (ChainFilter(), ChainFilter(status="pending"), ChainFilter(policy="send_offer_letter")):
         async with api.container.engine.connect() as conn:
-            built = [jsonl(chain)[:-1] async for chain in iter_chains(conn, wanted)]
+            built = [compact_json(chain) async for chain in iter_chains(conn, wanted)]
             written = [chain async for chain in iter_chain_texts(conn, wanted)]
             async with api.container.engine.connect() as one, api.container.engine.connect() as two:
                 # as the CLI exports: pages written on two other sessions, handed out in order
