@@ -40,6 +40,18 @@ def canonical_text(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+def canonical_around(value: dict[str, Any], key: str) -> tuple[str, str]:
+    """The canonical text of `value` with `key` set to a string, in two parts around that string:
+    `before + json string + after` is canonical_text of the whole, for whatever string goes there.
+    It lets the database fill in a value only it knows (a time) without re-encoding the rest."""
+    rest = {k: v for k, v in value.items() if k != key}
+    before = canonical_text({k: v for k, v in rest.items() if k < key})[:-1]
+    after = canonical_text({k: v for k, v in rest.items() if k > key})[1:]
+    return (before + ("," if len(before) > 1 else "") + _json_string(key) + ":"), (
+        ("," if len(after) > 1 else "") + after
+    )
+
+
 def format_time(value: dt.datetime) -> str:
     """Timestamps inside hashes: UTC, microseconds, 'Z', the same on every backend."""
     utc = value.astimezone(dt.UTC)
@@ -78,6 +90,34 @@ def _event_body(
         + int.__repr__(seq)
         + "}"
     ).encode()
+
+
+@dataclass(frozen=True)
+class BodyParts:
+    """An event's body (as _event_body writes it) in the parts around what the database fills in:
+    `opening + time + DATA_KEY + data + before_prev + prev_hash + closing` (time and prev_hash bare)."""
+
+    opening: str
+    before_prev: str
+    closing: str
+
+
+# Between an event body's time and its data (BodyParts): a constant.
+DATA_KEY = '","data":'
+
+
+def body_parts(chain_id: str, seq: int, kind: str, actor: str) -> BodyParts:
+    """The parts of an event's body its writer knows before the database has given it a time and
+    (for a chain built in one statement) the hash of the event before it."""
+    return BodyParts(
+        opening='{"actor":'
+        + _json_string(actor)
+        + ',"chain_id":'
+        + _json_string(chain_id)
+        + ',"created_at":"',
+        before_prev=',"kind":' + _json_string(kind) + ',"prev_hash":"',
+        closing='","seq":' + int.__repr__(seq) + "}",
+    )
 
 
 # An event's body with its data as stored and its time as PostgreSQL writes it (see _stored_body).

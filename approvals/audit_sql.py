@@ -31,12 +31,17 @@ def _string(column: str) -> str:
     )
 
 
+def event_time_text(column: str) -> str:
+    """SQL for a timestamptz as approvals.audit.format_time writes it (years 1000 on)."""
+    return f"""pg_catalog.to_char(pg_catalog.timezone('UTC', {column}), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
 # An event's body, exactly as approvals.audit.event_hash writes it (keys sorted, no spaces), built from
 # the row: strings JSON-encoded, the time in event_hash's form, the data as stored.
 _EVENT_BODY = f"""pg_catalog.concat(
     '{{"actor":', {_string("e.actor")},
     ',"chain_id":', {_string("e.chain_id")},
-    ',"created_at":"', pg_catalog.to_char(pg_catalog.timezone('UTC', e.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    ',"created_at":"', {event_time_text("e.created_at")},
     '","data":', e.data,
     ',"kind":', {_string("e.kind")},
     ',"prev_hash":', {_string("e.prev_hash")},

@@ -38,10 +38,14 @@ async def enqueue_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
     await insert_many_ignoring_conflict(conn, outbox, rows)
 
 
-def outbox_row(
-    *, kind: str, dedupe_key: str, request_id: str | None, payload: dict[str, Any], now: dt.datetime
+# The columns of a new outbox row that hold the time it was queued (it is due at once).
+TIME_COLUMNS = ("next_attempt_at", "created_at", "updated_at")
+
+
+def outbox_values(
+    *, kind: str, dedupe_key: str, request_id: str | None, payload: dict[str, Any]
 ) -> dict[str, Any]:
-    """A delivery due now, as a row (for callers that insert it together with other rows)."""
+    """A new delivery's row but for its TIME_COLUMNS (for a statement that stamps them itself)."""
     return {
         "kind": kind,
         "dedupe_key": dedupe_key,
@@ -49,10 +53,16 @@ def outbox_row(
         "payload": payload,
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
     }
+
+
+def outbox_row(
+    *, kind: str, dedupe_key: str, request_id: str | None, payload: dict[str, Any], now: dt.datetime
+) -> dict[str, Any]:
+    """A delivery due now, as a row (for callers that insert it together with other rows)."""
+    row = outbox_values(kind=kind, dedupe_key=dedupe_key, request_id=request_id, payload=payload)
+    row.update(dict.fromkeys(TIME_COLUMNS, now))
+    return row
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.agents import Principal, agent_chain
@@ -19,8 +17,18 @@ from approvals.audit import NewEvent, append_event, canonical_json, chain_rows
 from approvals.audit_batches import append_to_chains
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.errors import Conflict, DomainError, Forbidden, NotFound
+from approvals.intake_sql import EXPIRES_AT, fill_expiry, insert_new_request
 from approvals.keys import new_id
-from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue, enqueue_many, outbox_row
+from approvals.outbox import (
+    CALLBACK,
+    SLACK_NOTIFY,
+    SLACK_UPDATE,
+    TIME_COLUMNS,
+    enqueue,
+    enqueue_many,
+    outbox_row,
+    outbox_values,
+)
 from approvals.policies import evaluate
 from approvals.policy_versions import ActivePolicies
 from approvals.request_views import load_request_view, render_request
@@ -92,7 +100,10 @@ async def create_request(
     so the caller commits the audit event before answering.
     """
     assert principal.agent_id is not None
-    now = await db_now(conn)
+    postgres = is_postgres(conn)
+    # PostgreSQL stamps a new request with its own clock in the one statement that writes it; the
+    # clock is read first only where something else needs the time before that (a key, SQLite).
+    now = await db_now(conn) if idempotency_key is not None or not postgres else None
     payload_sha256 = new.payload_sha256()
     if idempotency_key is not None:
         # On PostgreSQL this INSERT waits for any concurrent holder of the key to finish.
@@ -116,6 +127,7 @@ async def create_request(
             kind="action_refused",
             actor=f"agent:{principal.agent_name}",
             data={"action": new.action, "reason": "not_in_allowlist", "payload_sha256": payload_sha256},
+            now=now,
         )
         if idempotency_key is not None:
             await conn.execute(
@@ -137,8 +149,7 @@ async def create_request(
     status = {"allow": "approved", "deny": "rejected", "require_approval": "pending"}[evaluation.decision]
     final = status != "pending"
     request_id = new_id("req_")
-    expires_at = now + dt.timedelta(seconds=lifetime)
-    values = {
+    values: dict[str, Any] = {
         "id": request_id,
         "agent_id": principal.agent_id,
         "action": new.action,
@@ -156,9 +167,6 @@ async def create_request(
         "policy_version_id": policies.version,
         "policy_rule": policies.rule_snapshot(evaluation.rule_index),
         "required_approvals": rule.required_approvals if rule is not None else 1,
-        "created_at": now,
-        "expires_at": expires_at,
-        "decided_at": now if final else None,
     }
     events = [
         NewEvent(
@@ -172,7 +180,7 @@ async def create_request(
                 "payload_sha256": payload_sha256,
                 "callback_url": new.callback_url,
                 "expires_in_requested": new.expires_in,
-                "expires_at": expires_at.isoformat(),
+                "expires_at": EXPIRES_AT,
                 "idempotency_key": idempotency_key,
             },
         ),
@@ -201,11 +209,24 @@ async def create_request(
     elif new.callback_url:
         deliveries.append((CALLBACK, f"{CALLBACK}:{request_id}:{status}", {"event": f"request.{status}"}))
     outbox_rows = [
-        outbox_row(kind=kind, dedupe_key=key, request_id=request_id, payload=payload, now=now)
+        outbox_values(kind=kind, dedupe_key=key, request_id=request_id, payload=payload)
         for kind, key, payload in deliveries
     ]
-    event_rows, head = chain_rows(request_id, events, now)
-    await _insert_new_request(conn, values, outbox_rows, event_rows, head)
+    if postgres:
+        stamped = await insert_new_request(
+            conn,
+            request=values,
+            lifetime_seconds=lifetime,
+            final=final,
+            outbox_rows=outbox_rows,
+            events=events,
+        )
+        created_at, expires_at = stamped.created_at, stamped.expires_at
+    else:
+        assert now is not None
+        created_at, expires_at = now, now + dt.timedelta(seconds=lifetime)
+        await _insert_rows(conn, values, created_at, expires_at, final, outbox_rows, events)
+    values.update(created_at=created_at, expires_at=expires_at, decided_at=created_at if final else None)
 
     # A brand-new request has no decisions or deliveries: render it without reading it back.
     view = render_request(SimpleNamespace(**values, **_NO_OUTCOME), [])
@@ -220,62 +241,27 @@ async def create_request(
     return Created(201, view, enqueued=frozenset(kind for kind, _, _ in deliveries))
 
 
-async def _insert_new_request(
+async def _insert_rows(
     conn: AsyncConnection,
     request: dict[str, Any],
+    now: dt.datetime,
+    expires_at: dt.datetime,
+    final: bool,
     outbox_rows: list[dict[str, Any]],
-    event_rows: list[dict[str, Any]],
-    head: dict[str, Any],
+    events: list[NewEvent],
 ) -> None:
-    """Every row of a new request. On PostgreSQL one statement (data-modifying CTEs, checked as a
-    whole at its end) instead of four round trips: intake is the hottest path there is."""
-    if is_postgres(conn):
-        statement = _new_request_statement(
-            tuple(request), tuple(tuple(row) for row in outbox_rows), tuple(tuple(row) for row in event_rows)
-        )
-        params = {f"r_{k}": v for k, v in request.items()}
-        for i, row in enumerate(outbox_rows):
-            params.update((f"o{i}_{k}", v) for k, v in row.items())
-        for i, row in enumerate(event_rows):
-            params.update((f"e{i}_{k}", v) for k, v in row.items())
-        params.update((f"h_{k}", v) for k, v in head.items())
-        await conn.execute(statement, params)
-        return
-    await conn.execute(requests.insert(), request)
+    """Every row of a new request, hashed here, on a backend that has no statement for it all."""
+    event_rows, head = chain_rows(request["id"], fill_expiry(events, expires_at), now)
+    await conn.execute(
+        requests.insert(),
+        {**request, "created_at": now, "expires_at": expires_at, "decided_at": now if final else None},
+    )
     if outbox_rows:
-        await conn.execute(outbox.insert(), outbox_rows)
+        await conn.execute(
+            outbox.insert(), [{**row, **dict.fromkeys(TIME_COLUMNS, now)} for row in outbox_rows]
+        )
     await conn.execute(audit_events.insert(), event_rows)
     await conn.execute(chain_heads.insert(), head)
-
-
-def _bound(table: Table, prefix: str, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {name: bindparam(f"{prefix}{name}", type_=table.c[name].type) for name in columns}
-
-
-@functools.cache
-def _new_request_statement(
-    request_columns: tuple[str, ...],
-    outbox_columns: tuple[tuple[str, ...], ...],
-    event_columns: tuple[tuple[str, ...], ...],
-) -> Any:
-    """The intake CTE for rows of these shapes, as SQL text with typed parameters, built once per shape.
-
-    SQLAlchemy does not cache the compiled form of an INSERT with data-modifying CTEs, and compiling
-    it cost more CPU than everything else intake does; text() with typed bind parameters is cached,
-    and the types still serialise JSON and convert times as the table columns would.
-    """
-    ctes = [requests.insert().values(_bound(requests, "r_", request_columns)).cte("new_request")]
-    if outbox_columns:
-        rows = [_bound(outbox, f"o{i}_", columns) for i, columns in enumerate(outbox_columns)]
-        ctes.append(outbox.insert().values(rows).cte("new_outbox"))
-    rows = [_bound(audit_events, f"e{i}_", columns) for i, columns in enumerate(event_columns)]
-    ctes.append(audit_events.insert().values(rows).cte("new_events"))
-    head = _bound(chain_heads, "h_", ("chain_id", "seq", "hash"))
-    statement = chain_heads.insert().values(head).add_cte(*ctes)
-    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="named"))  # type: ignore[no-untyped-call]
-    # ":name::TYPE" -> ":name ::TYPE": text() does not take a name followed by a colon as a parameter.
-    sql = re.sub(r"(:\w+)::", r"\1 ::", compiled.string)
-    return text(sql).bindparams(*compiled.binds.values())
 
 
 async def replay_idempotent(
