@@ -5,22 +5,26 @@ Usage:
     .venv/bin/python bench/intake.py [--duration 10] [--clients 32,8] [--warmup 2]
                                      [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
                                      [--baseline-pool-size 10] [--baseline-max-overflow 0]
+                                     [--rounds 3] [--set APPROVALS_NAME=VALUE ...]
 
 What it does, in one run on one PostgreSQL server:
 
 1. drops and recreates two databases, `bench_intake` and `bench_baseline`;
 2. starts `approvals serve` (auto-migrating, WARNING logs, a policy that makes `send_offer_letter`
    a pending request needing approval) and the baseline (bench/_baseline.py: parse the JSON body,
-   one INSERT into a simple table, answer 201; a fixed pool of 10 connections by default, where
-   the service has 10 plus 20 overflow connections that are closed again on return) as
+   one INSERT into a simple table, answer 201; a fixed pool of 10 connections by default, as the
+   service's default pool; `--set` passes the service other settings) as
    subprocesses on free ports, and polls `/readyz` on each until it answers 200;
 3. registers an agent with `approvals agents add ... --json` and takes its API key;
 4. for each client count, runs the load generator (bench/_load.py, its own process: N concurrent
-   aiohttp clients for D seconds after a warm-up) against the baseline, then against the service;
-5. prints a table (201s per second, p50/p99/max latency, non-201 responses, PostgreSQL
+   aiohttp clients for D seconds after a warm-up) against the baseline, then against the service,
+   --rounds times in turn (this host's speed drifts from minute to minute: alternating runs let
+   the drift fall on both sides alike);
+5. prints a table (per round: 201s per second, p50/p99/max latency, non-201 responses, PostgreSQL
    connections opened during the run, and CPU used by the server under test, PostgreSQL, the load
-   generator and anything else on the host, as shares of one core) with the service/baseline ratios, and whether the targets were met: throughput ratio
-   >= 0.5 at 32 clients, service p99 < 50 ms at 8 clients.
+   generator and anything else on the host, as shares of one core) with the service/baseline
+   ratios and their median over the rounds, and whether the targets were met by the medians:
+   throughput ratio >= 0.5 at 32 clients, service p99 < 50 ms at 8 clients.
 
 The host's CPU use in the second before start is printed too: other work on a small machine
 (a test suite, say) skews every figure, and the `other` column shows how much it took per run.
@@ -38,6 +42,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,7 +221,22 @@ def non_201(result: dict[str, Any]) -> int:
     return sum(n for status, n in result["statuses"].items() if status != "201")
 
 
-def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float, warmup: float) -> None:
+def ratio_of(pair: dict[str, dict[str, Any]]) -> float | None:
+    base = pair["baseline"]["rps"]
+    return pair["service"]["rps"] / base if base else None
+
+
+def median_ratio(pairs: list[dict[str, dict[str, Any]]]) -> float | None:
+    ratios = sorted(r for r in (ratio_of(pair) for pair in pairs) if r is not None)
+    return statistics.median(ratios) if ratios else None
+
+
+def median_of(pairs: list[dict[str, dict[str, Any]]], name: str, key: str) -> float | None:
+    values = [pair[name][key] for pair in pairs if pair[name][key] is not None]
+    return statistics.median(values) if values else None
+
+
+def print_report(results: dict[int, list[dict[str, dict[str, Any]]]], duration: float, warmup: float) -> None:
     cores = os.cpu_count() or 1
     print()
     print(
@@ -224,26 +244,32 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
         f"{cores} CPUs shared by PostgreSQL, both servers and the load generator"
     )
     header = (
-        f"{'clients':>7}  {'server':<9} {'201/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'clients':>7} {'round':>5}  {'server':<9} {'201/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'non-201':>7} {'new conns':>9} {'srv CPU':>8} {'pg CPU':>7} {'load CPU':>8} {'other':>6}"
     )
     print(header)
     print("-" * len(header))
-    for clients, pair in results.items():
-        for name in ("baseline", "service"):
-            r = pair[name]
+    for clients, pairs in results.items():
+        for number, pair in enumerate(pairs, start=1):
+            for name in ("baseline", "service"):
+                r = pair[name]
+                print(
+                    f"{clients:>7} {number:>5}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} "
+                    f"{fmt(r['p99_ms']):>8} {fmt(r['max_ms']):>8} {non_201(r):>7} "
+                    f"{fmt(r['new_connections'], 'd'):>9} {pct(r['server_cpu']):>8} "
+                    f"{pct(r['postgres_cpu']):>7} {pct(r['load_cpu']):>8} {pct(r['other_cpu']):>6}"
+                )
+            base, svc = pair["baseline"], pair["service"]
+            p99_ratio = svc["p99_ms"] / base["p99_ms"] if svc["p99_ms"] and base["p99_ms"] else None
             print(
-                f"{clients:>7}  {name:<9} {r['rps']:>8.1f} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
-                f"{fmt(r['max_ms']):>8} {non_201(r):>7} {fmt(r['new_connections'], 'd'):>9} {pct(r['server_cpu']):>8} "
-                f"{pct(r['postgres_cpu']):>7} {pct(r['load_cpu']):>8} {pct(r['other_cpu']):>6}"
+                f"{clients:>7} {number:>5}  {'ratio':<9} {fmt(ratio_of(pair), '.2f'):>8} {'':>8} "
+                f"{fmt(p99_ratio, '.1f', 'x'):>8}   (service/baseline)"
             )
-        base, svc = pair["baseline"], pair["service"]
-        ratio = svc["rps"] / base["rps"] if base["rps"] else None
-        p99_ratio = svc["p99_ms"] / base["p99_ms"] if svc["p99_ms"] and base["p99_ms"] else None
-        print(
-            f"{clients:>7}  {'ratio':<9} {fmt(ratio, '.2f'):>8} {'':>8} {fmt(p99_ratio, '.1f', 'x'):>8}"
-            "   (service/baseline)"
-        )
+        if len(pairs) > 1:
+            print(
+                f"{clients:>7} {'all':>5}  {'median':<9} {fmt(median_ratio(pairs), '.2f'):>8} "
+                f"{'':>8} {fmt(median_of(pairs, 'service', 'p99_ms')):>8}   (ratio; service p99)"
+            )
     print(
         "new conns: PostgreSQL connections the server opened during the run (pool churn).\n"
         f"CPU columns: % of one core (the host has {cores}, so {cores * 100}% is all of it) over the whole "
@@ -253,16 +279,15 @@ def print_report(results: dict[int, dict[str, dict[str, Any]]], duration: float,
     )
 
     print()
-    print("targets:")
+    print("targets (medians over the rounds):")
     if TARGET_RATIO_AT in results:
-        pair = results[TARGET_RATIO_AT]
-        ratio = pair["service"]["rps"] / pair["baseline"]["rps"] if pair["baseline"]["rps"] else 0.0
+        ratio = median_ratio(results[TARGET_RATIO_AT]) or 0.0
         verdict = "MET" if ratio >= TARGET_RATIO else "MISSED"
         print(f"  throughput ratio at {TARGET_RATIO_AT} clients >= {TARGET_RATIO}: {ratio:.2f}  {verdict}")
     else:
         print(f"  throughput ratio at {TARGET_RATIO_AT} clients >= {TARGET_RATIO}: not measured")
     if TARGET_P99_AT in results:
-        p99 = results[TARGET_P99_AT]["service"]["p99_ms"]
+        p99 = median_of(results[TARGET_P99_AT], "service", "p99_ms")
         verdict = "MET" if p99 is not None and p99 < TARGET_P99_MS else "MISSED"
         shown = fmt(p99, ".1f", " ms")
         print(f"  service p99 at {TARGET_P99_AT} clients < {TARGET_P99_MS:g} ms: {shown}  {verdict}")
@@ -287,7 +312,23 @@ def main() -> int:
         default=0,
         help="0: a fixed pool; 20 gives the baseline the service's pool settings, churn included",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="baseline and service runs alternate this many times per level; the median ratio counts",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="APPROVALS_NAME=VALUE",
+        help="a setting for the service (repeatable), e.g. APPROVALS_DATABASE_POOL_SIZE=20",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
+    if any(not name.startswith("APPROVALS_") for name in settings):
+        parser.error("--set takes APPROVALS_NAME=VALUE")
     levels = [int(part) for part in args.clients.split(",") if part.strip()]
 
     # SIGTERM becomes SystemExit, so the `finally` below still stops both servers.
@@ -312,6 +353,7 @@ def main() -> int:
             **env,
             "APPROVALS_PORT": str(service_port),
             "APPROVALS_PUBLIC_URL": f"http://127.0.0.1:{service_port}",
+            **settings,
         }
         baseline_db = database_url(args.postgres, BASELINE_DB)
         baseline_argv = [sys.executable, str(HERE / "_baseline.py"), "--port", str(baseline_port)]
@@ -325,17 +367,22 @@ def main() -> int:
         service.wait_ready()
         token = register_agent(service_env, workdir)
 
-        results: dict[int, dict[str, dict[str, Any]]] = {}
+        # Runs alternate, so that a host whose speed drifts (a shared VM) weighs on both sides alike.
+        results: dict[int, list[dict[str, dict[str, Any]]]] = {}
         for clients in levels:
-            for name, server, key in (("baseline", baseline, None), ("service", service, token)):
-                print(f"running {name} at {clients} clients ...", flush=True)
-                result = run_load(server, args.postgres, key, clients, args.duration, args.warmup)
-                results.setdefault(clients, {})[name] = result
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"{name} died during the run:\n{server.log_tail()}")
+            for round_number in range(1, args.rounds + 1):
+                pair: dict[str, dict[str, Any]] = {}
+                for name, server, key in (("baseline", baseline, None), ("service", service, token)):
+                    print(f"running {name} at {clients} clients, round {round_number} ...", flush=True)
+                    pair[name] = run_load(server, args.postgres, key, clients, args.duration, args.warmup)
+                    if server.process.poll() is not None:
+                        raise RuntimeError(f"{name} died during the run:\n{server.log_tail()}")
+                results.setdefault(clients, []).append(pair)
 
         print_report(results, args.duration, args.warmup)
-        failures = [(c, n, r) for c, pair in results.items() for n, r in pair.items() if non_201(r)]
+        failures = [
+            (c, n, r) for c, pairs in results.items() for pair in pairs for n, r in pair.items() if non_201(r)
+        ]
         for clients, name, r in failures:
             print(f"\n{name} at {clients} clients answered non-201: {r['statuses']}")
             for sample in r["samples"]:
