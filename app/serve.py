@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 import structlog
@@ -16,6 +17,21 @@ from app.tasks import drain_background_tasks
 from app.web import build_app
 
 log = structlog.get_logger("approvals")
+
+# Young collections this many allocations apart (CPython's default is 700). Under load most objects
+# (a request's, a click's) die within milliseconds; collected that often, many still lived and
+# were promoted, which set off a full collection about every second: a pause of ~100 ms on this
+# process's heap that every ack and response in flight waited out.
+YOUNG_GC_THRESHOLD = 50_000
+
+
+def tune_garbage_collection() -> None:
+    """Once started: what exists now (modules, engines, the app) lives as long as the process, so
+    full collections stop scanning it (gc.freeze), and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 async def serve(settings: Settings) -> None:
@@ -39,6 +55,7 @@ async def serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        tune_garbage_collection()
         log.info(
             "listening",
             url=f"http://{settings.host}:{settings.port}",
@@ -56,6 +73,8 @@ async def serve(settings: Settings) -> None:
     finally:
         await runner.cleanup()
         await container.dispatcher.close()
-        # Clicks acknowledged to Slack are being decided in listener tasks: let them commit.
+        if container.slack is not None:
+            container.slack.clicks.close()  # queued clicks stay in the inbox for the next start
+        # Clicks being decided by the workers (and other work after a response): let them commit.
         await drain_background_tasks()
         await container.engine.dispose()

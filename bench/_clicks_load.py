@@ -21,7 +21,7 @@ Modes:
 In approve mode the run ends early when the ids run out (the window is cut there), and the process
 counts decisions from the database itself: `SELECT count(*) FROM requests WHERE status = 'approved'`
 at the window's start and end, so decisions/s covers the same interval as the latencies; in between
-it samples pg_stat_activity (the service's pool has 20 + 10 overflow connections).
+it samples pg_stat_activity (the service's pool has its default 10 connections).
 
 Usage (normally started by bench/clicks.py):
 

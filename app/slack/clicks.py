@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +30,7 @@ from approvals.decisions import (
     record_click,
     refuse,
 )
+from approvals.errors import NotFound
 from approvals.inbox import (
     NewClick,
     claim_click,
@@ -46,6 +48,11 @@ log = structlog.get_logger("approvals.slack")
 # A click still undecided after this long belongs to a process that died after acking it.
 STRANDED_AFTER = dt.timedelta(seconds=5)
 DECIDING_AT_ONCE = 4
+# Clicks waiting to be decided are kept as ids: a backlog costs an int each, where a listener
+# suspended until its turn kept Bolt's whole request alive (thousands of them made every full
+# garbage collection stop the event loop, acks included, for a few hundred ms). Beyond this many,
+# a stored click waits in the inbox for the stranded-click sweep instead.
+MAX_WAITING = 10_000
 
 Outcome = Recorded | Refused | Duplicate | Held
 
@@ -118,10 +125,41 @@ class ClickProcessor:
         # Deciding costs far more than storing: bounded, so a burst of clicks never delays new acks.
         self._deciding = asyncio.Semaphore(DECIDING_AT_ONCE)
         self._inbox = ClickInbox(engine)
+        self._waiting: deque[int] = deque()
+        self._queued: set[int] = set()  # waiting or being decided by a worker
+        self._workers: set[asyncio.Task[None]] = set()
 
     async def accept(self, *, dedupe_key: str, request_id: str, payload: dict[str, Any]) -> int | None:
         """Keep the click; None when it is a Slack retry or a replay. Returns once it is committed."""
         return await self._inbox.store(NewClick(dedupe_key, request_id, payload))
+
+    def submit(self, click_id: int) -> None:
+        """Have a stored click decided soon by one of DECIDING_AT_ONCE workers; returns at once."""
+        if click_id in self._queued or len(self._queued) >= MAX_WAITING:
+            return
+        self._queued.add(click_id)
+        self._waiting.append(click_id)
+        if len(self._workers) < DECIDING_AT_ONCE:
+            worker = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    def close(self) -> None:
+        """Take no more clicks from the queue (at shutdown): the ones left wait in the inbox."""
+        self._waiting.clear()
+        self._queued.clear()
+
+    async def _work(self) -> None:
+        while self._waiting:
+            click_id = self._waiting.popleft()
+            try:
+                await self.process(click_id)
+            except NotFound:
+                log.warning("click_for_unknown_request", click_id=click_id)
+            except Exception:  # the click stays in the inbox: the stranded-click sweep tries again
+                log.exception("click_not_decided", click_id=click_id)
+            finally:
+                self._queued.discard(click_id)
 
     async def process(self, click_id: int) -> Outcome | None:
         """Decide one stored click; None when another process has it or it is already decided."""
@@ -219,11 +257,11 @@ class ClickProcessor:
             log.warning("ephemeral_failed", error=str(exc))
 
     async def process_stranded(self) -> int:
-        """Decide clicks whose process died between the ack and the decision."""
+        """Queue clicks whose process died between the ack and the decision (or that waited long);
+        returns how many were not queued here already."""
         async with self._engine.connect() as conn:
             ids = await stranded_clicks(conn, older_than=STRANDED_AFTER)
-        done = 0
-        for click_id in ids:
-            if await self.process(click_id) is not None:
-                done += 1
-        return done
+        new = [click_id for click_id in ids if click_id not in self._queued]
+        for click_id in new:
+            self.submit(click_id)
+        return len(new)

@@ -21,7 +21,6 @@ from app.slack.clicks import ClickProcessor
 from app.slack.directory import SlackDirectory
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, SLASH_COMMAND, ActionId, CallbackId
 from approvals.decisions import approver_ids
-from approvals.errors import NotFound
 from approvals.queues import pending_requests
 
 log = structlog.get_logger("approvals.slack")
@@ -58,12 +57,6 @@ def register(
 ) -> None:
     """Attach every listener to the Bolt app."""
 
-    async def process(click_id: int) -> None:
-        try:
-            await clicks.process(click_id)
-        except NotFound:
-            log.warning("click_for_unknown_request", click_id=click_id)
-
     @app.action(ActionId.APPROVE.value)
     async def approve(ack: AsyncAck, body: dict[str, Any]) -> None:
         request_id = str(body["actions"][0].get("value", ""))
@@ -76,7 +69,7 @@ def register(
         await ack()  # only now: the click is stored and survives a crash
         failpoint("after_click_ack")  # crash-safety tests only; inert unless APPROVALS_FAILPOINT is set
         if click_id is not None:
-            await process(click_id)
+            clicks.submit(click_id)
 
     @app.action(ActionId.REJECT.value)
     async def reject(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
@@ -133,7 +126,7 @@ def register(
         )
         await ack()
         if click_id is not None:
-            await process(click_id)
+            clicks.submit(click_id)
 
     @app.command(SLASH_COMMAND)
     async def list_pending(ack: AsyncAck, command: dict[str, Any]) -> None:
