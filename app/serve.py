@@ -77,4 +77,4 @@ async def serve(settings: Settings) -> None:
             container.slack.clicks.close()  # queued clicks stay in the inbox for the next start
         # Clicks being decided by the workers (and other work after a response): let them commit.
         await drain_background_tasks()
-        await container.engine.dispose()
+        await container.dispose()

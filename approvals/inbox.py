@@ -24,6 +24,7 @@ class NewClick:
 
 async def store_clicks(conn: AsyncConnection, clicks: list[NewClick]) -> list[int | None]:
     """Keep several clicks in one statement; for each, its id, or None when it was already kept.
+    On PostgreSQL that is all it runs (the statement reads the clock itself).
 
     A key seen twice in the batch counts once: the later copy is a retry of the earlier one.
     """

@@ -86,6 +86,15 @@ class KeyInUse:
     """Another transaction holds this Idempotency-Key: read its stored answer after this one ends."""
 
 
+def is_one_statement(
+    dialect: str, principal: Principal, new: NewRequest, idempotency_key: str | None
+) -> bool:
+    """Whether create_request will write in exactly one statement, which then needs no transaction
+    around it: a new request on PostgreSQL, without an Idempotency-Key (whose claim comes first), for
+    an action the agent may ask for (a refusal is audited in several)."""
+    return dialect == "postgresql" and idempotency_key is None and principal.may_request(new.action)
+
+
 async def create_request(
     conn: AsyncConnection,
     *,

@@ -760,7 +760,7 @@ async def throughput(
             await container.dispatcher.close()
             if delivering is not None:
                 await delivering.close()  # the real one, held aside during expiry: its HTTP sessions
-            await container.engine.dispose()
+            await container.dispose()
         await engine.dispose()
 
 

@@ -225,7 +225,7 @@ async def start_service(database_url: str, **overrides: Any) -> tuple[Container,
     try:
         await server.start_server()
     except BaseException:
-        await container.engine.dispose()
+        await container.dispose()
         raise
     return container, server
 
@@ -235,7 +235,7 @@ async def stop_service(container: Container, server: TestServer) -> None:
     await server.close()
     await container.dispatcher.close()
     await drain_background_tasks()
-    await container.engine.dispose()
+    await container.dispose()
 
 
 @pytest.fixture

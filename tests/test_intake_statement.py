@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
 from approvals.audit import (
@@ -143,3 +144,36 @@ async def test_every_intake_shape_writes_events_event_hash_agrees_with(
         async with api.container.engine.begin() as conn:
             report = await verify_all(conn, hash_in_database=in_database)
         assert report.ok, report
+
+
+async def test_a_request_without_a_key_is_one_autocommit_statement_and_nothing_else(api: Api) -> None:
+    """No BEGIN, no clock, no COMMIT: the statement is its own transaction. With a key, or for an
+    action the agent may not ask for, the transactional path writes instead."""
+    single = api.container.single_statements
+    if single is None:
+        pytest.skip("PostgreSQL only: SQLite writes a request in several statements, in a transaction")
+    assert (await api.post("/v1/requests", offer())).status == 201  # the key is now cached
+    statements: dict[str, list[str]] = {"single": [], "interactive": []}
+
+    def recorder(name: str) -> Any:
+        def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            statements[name].append(statement.split(None, 1)[0])
+
+        return record
+
+    engines = {"single": single.sync_engine, "interactive": api.container.interactive.sync_engine}
+    listeners = {name: recorder(name) for name in engines}
+    for name, engine in engines.items():
+        sa_event.listen(engine, "before_cursor_execute", listeners[name])
+    try:
+        created = await (await api.post("/v1/requests", offer())).json()
+        assert statements == {"single": ["WITH"], "interactive": []}
+        assert (await api.post("/v1/requests", offer(), headers={"Idempotency-Key": "k1"})).status == 201
+        assert (await api.post("/v1/requests", offer(action="approve_invoice"))).status == 403
+    finally:
+        for name, engine in engines.items():
+            sa_event.remove(engine, "before_cursor_execute", listeners[name])
+    assert statements["single"] == ["WITH"] and len(statements["interactive"]) > 2
+    assert len(await _stored_events(api, created["id"])) == 2
+    async with api.container.engine.begin() as conn:
+        assert (await verify_all(conn)).ok

@@ -412,14 +412,17 @@ async def test_a_burst_of_clicks_is_stored_in_shared_writes_and_each_counts_once
         if statement.startswith("INSERT INTO slack_clicks"):
             inserts.append(len(params) if isinstance(params, list) else 1)
 
-    engine = slack.container.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", count)
+    # On PostgreSQL the inbox writes through the autocommit pool (its write is one statement).
+    engines = [e.sync_engine for e in (slack.container.engine, slack.container.single_statements) if e]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         # Each click twice, all at once: Slack retries (or a double-submit) racing the original.
         answers = await asyncio.gather(*(slack.slack(click) for click in clicks + clicks))
     finally:
-        event.remove(engine, "before_cursor_execute", count)
-    assert len(inserts) < 2 * len(clicks)  # some writes carried several clicks
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+    assert 1 <= len(inserts) < 2 * len(clicks)  # some writes carried several clicks
     assert {a.status for a in answers} == {200}
     for request_id in ids:
         assert (await slack.final(request_id))["status"] == "approved"

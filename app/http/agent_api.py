@@ -23,6 +23,7 @@ from approvals.requests import (
     cancel_request,
     create_request,
     get_request,
+    is_one_statement,
     record_outcome,
     replay_idempotent,
 )
@@ -68,10 +69,15 @@ async def post_request(request: web.Request) -> web.Response:
                 replay = await replay_idempotent(conn, principal=principal, new=new, idempotency_key=key)
             if replay is not None:
                 return _idempotent_answer(replay)
-        async with container.interactive.begin() as conn:
-            result = await create_request(
-                conn, principal=principal, new=new, policies=container.policies, idempotency_key=key
-            )
+        single = container.single_statements
+        if single is not None and is_one_statement(single.dialect.name, principal, new, key):
+            async with single.connect() as conn:  # autocommit: the one statement is the transaction
+                result = await create_request(conn, principal=principal, new=new, policies=container.policies)
+        else:
+            async with container.interactive.begin() as conn:
+                result = await create_request(
+                    conn, principal=principal, new=new, policies=container.policies, idempotency_key=key
+                )
         if isinstance(result, KeyInUse):
             continue
         if isinstance(result, DomainError):

@@ -73,8 +73,12 @@ class ClickInbox:
     waits on purpose: a lone click is written at once.
     """
 
-    def __init__(self, engine: AsyncEngine, max_batch: int = 100) -> None:
+    def __init__(
+        self, engine: AsyncEngine, max_batch: int = 100, single_statements: AsyncEngine | None = None
+    ) -> None:
         self._engine = engine
+        # On PostgreSQL store_clicks is one statement: through autocommit connections, no BEGIN/COMMIT.
+        self._single = single_statements
         self._max_batch = max_batch
         self._waiting: list[tuple[NewClick, asyncio.Future[int | None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -91,8 +95,12 @@ class ClickInbox:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:
-                async with self._engine.begin() as conn:
-                    ids = await store_clicks(conn, [click for click, _ in batch])
+                if self._single is not None:
+                    async with self._single.connect() as conn:
+                        ids = await store_clicks(conn, [click for click, _ in batch])
+                else:
+                    async with self._engine.begin() as conn:
+                        ids = await store_clicks(conn, [click for click, _ in batch])
             except BaseException as exc:  # every waiter learns its click was not kept
                 for _, future in batch:
                     if not future.done():
@@ -116,6 +124,7 @@ class ClickProcessor:
         directory: SlackDirectory,
         after_commit: Callable[[str], None],
         step_up: StepUpLinks | None = None,
+        single_statements: AsyncEngine | None = None,
     ) -> None:
         self._step_up = step_up
         self._engine = engine
@@ -124,7 +133,7 @@ class ClickProcessor:
         self._after_commit = after_commit
         # Deciding costs far more than storing: bounded, so a burst of clicks never delays new acks.
         self._deciding = asyncio.Semaphore(DECIDING_AT_ONCE)
-        self._inbox = ClickInbox(engine)
+        self._inbox = ClickInbox(engine, single_statements=single_statements)
         self._waiting: deque[int] = deque()
         self._queued: set[int] = set()  # waiting or being decided by a worker
         self._workers: set[asyncio.Task[None]] = set()

@@ -41,6 +41,7 @@ def build_slack(
     waiters: RequestWaiters,
     metrics: Metrics,
     oidc: OidcProvider | None = None,
+    single_statements: AsyncEngine | None = None,
 ) -> SlackRuntime:
     """The Slack runtime; every client it makes honours SLACK_API_URL."""
     assert settings.slack_bot_token is not None
@@ -68,7 +69,12 @@ def build_slack(
 
     step_up = StepUpLinks(issuer=oidc.issuer, public_url=settings.public_url) if oidc is not None else None
     clicks = ClickProcessor(
-        engine=engine, client=client, directory=directory, after_commit=after_commit, step_up=step_up
+        engine=engine,
+        client=client,
+        directory=directory,
+        after_commit=after_commit,
+        step_up=step_up,
+        single_statements=single_statements,
     )
     delivery = SlackDelivery(engine=engine, client=client, directory=directory, metrics=metrics)
     dispatcher.register(SLACK_NOTIFY, delivery.notify)
