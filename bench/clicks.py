@@ -486,7 +486,7 @@ def print_report(
     )
     print(
         f"PostgreSQL:  the service's sessions in the window (sampled every 0.25 s): at most "
-        f"{click.get('pg_sessions_max')} open (its pool: the default 10, no overflow), running a query "
+        f"{click.get('pg_sessions_max')} open (its pools: 10 for transactions and 10 in autocommit, the defaults), running a query "
         f"{fmt(click.get('pg_active_mean'))} on average ({click.get('pg_active_max')} at most), idle inside "
         f"a transaction {fmt(click.get('pg_idle_in_tx_mean'))} on average, waiting for a lock "
         f"{click.get('pg_lock_waits_max')} at most"
