@@ -41,7 +41,7 @@ class _Expiry:
 EXPIRES_AT: Any = _Expiry()
 
 # A request's columns this statement fills from the database's clock.
-REQUEST_TIME_COLUMNS = ("created_at", "expires_at", "decided_at")
+REQUEST_TIME_COLUMNS = ("created_at", "expires_at", "decided_at", "next_reminder_at")
 
 
 def isoformat_text(column: str) -> str:
@@ -127,11 +127,14 @@ def _insert_cte(
 def _statement(
     request_columns: tuple[str, ...],
     final: bool,
+    reminded: bool,
     outbox_columns: tuple[tuple[str, ...], ...],
     expiry_in_event: tuple[bool, ...],
 ) -> Any:
     """The statement for rows of these shapes, built once per shape (a few shapes exist)."""
     binds: list[Any] = [bindparam("lifetime"), bindparam("chain_id", type_=String())]
+    if reminded:
+        binds.append(bindparam("first_reminder"))
     binds.append(bindparam("genesis", type_=String()))
     ctes = [_CLOCK]
     for i, has_expiry in enumerate(expiry_in_event):
@@ -140,7 +143,8 @@ def _statement(
         binds += event_binds
 
     values = [_param(f"r_{c}", _column_type(requests, c)) for c in request_columns]
-    values += ["s.now", "s.expires_at", "s.now" if final else "NULL"]
+    reminder = "s.now + pg_catalog.make_interval(secs => CAST(:first_reminder AS double precision))"
+    values += ["s.now", "s.expires_at", "s.now" if final else "NULL", reminder if reminded else "NULL"]
     binds += [bindparam(f"r_{c}", type_=requests.c[c].type) for c in request_columns]
     ctes.append(
         _insert_cte(
@@ -191,13 +195,17 @@ async def insert_new_request(
     final: bool,
     outbox_rows: list[dict[str, Any]],
     events: list[NewEvent],
+    first_reminder: dt.timedelta | None = None,
 ) -> Stamped:
     """Write a new request (its row but for REQUEST_TIME_COLUMNS), its deliveries (rows of
     approvals.outbox.outbox_values) and its chain of `events` (EXPIRES_AT standing for its expiry),
-    all stamped with one reading of the database's clock, in one statement."""
+    all stamped with one reading of the database's clock, in one statement; its first reminder is
+    due `first_reminder` after that."""
     chain_id = request["id"]
     expiry_keys = [_expiry_key(e) for e in events]
     params: dict[str, Any] = {"lifetime": lifetime_seconds, "chain_id": chain_id, "genesis": GENESIS_HASH}
+    if first_reminder is not None:
+        params["first_reminder"] = first_reminder.total_seconds()
     for i, (event, key) in enumerate(zip(events, expiry_keys, strict=True)):
         parts = body_parts(chain_id, i + 1, event.kind, event.actor)
         params[f"e{i}_opening"] = parts.opening
@@ -215,6 +223,7 @@ async def insert_new_request(
     statement = _statement(
         tuple(request),
         final,
+        first_reminder is not None,
         tuple(tuple(row) for row in outbox_rows),
         tuple(key is not None for key in expiry_keys),
     )

@@ -19,6 +19,12 @@ from approvals.tables import requests
 SLACK_REMIND = "slack_remind"
 
 
+def first_reminder(rule: dict[str, Any] | None, lifetime: dt.timedelta) -> dt.timedelta | None:
+    """How long after its creation a request's first reminder is due; None when its rule has none."""
+    offsets = remind_offsets(rule or {}, lifetime)
+    return offsets[0] if offsets else None
+
+
 def remind_offsets(rule: dict[str, Any], lifetime: dt.timedelta) -> list[dt.timedelta]:
     """When each reminder is due, after creation: `50%` of the lifetime, or a duration like `2h`."""
     offsets = []
@@ -32,20 +38,30 @@ def remind_offsets(rule: dict[str, Any], lifetime: dt.timedelta) -> list[dt.time
 
 
 async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
-    """Queue every reminder (and escalation) that has come due; returns how many steps were taken."""
+    """Queue every reminder (and escalation) that has come due; returns how many steps were taken.
+
+    Only requests whose `next_reminder_at` has passed are read, most overdue first, and each is moved
+    on to its next point (or None): a request is visited once per point, however many are pending.
+    """
     now = await db_now(conn)
     query = (
         select(requests.c.id, requests.c.policy_rule, requests.c.created_at, requests.c.expires_at)
-        .where(requests.c.status == "pending", requests.c.policy_rule.is_not(None))
-        .order_by(requests.c.created_at)
+        .where(requests.c.status == "pending", requests.c.next_reminder_at <= now)
+        .order_by(requests.c.next_reminder_at)
         .limit(limit)
     )
     if is_postgres(conn):
         query = query.with_for_update(skip_locked=True, key_share=True)  # see expire_due_requests
     steps = 0
-    for row in await conn.execute(query):
-        rule = dict(row.policy_rule)
+    for row in (await conn.execute(query)).all():
+        rule = dict(row.policy_rule or {})
         offsets = remind_offsets(rule, row.expires_at - row.created_at)
+        upcoming = [row.created_at + offset for offset in offsets if now < row.created_at + offset]
+        await conn.execute(
+            update(requests)
+            .where(requests.c.id == row.id)
+            .values(next_reminder_at=upcoming[0] if upcoming else None)
+        )
         for index, offset in enumerate(offsets):
             if now < row.created_at + offset:
                 break

@@ -31,6 +31,7 @@ from approvals.outbox import (
 )
 from approvals.policies import evaluate
 from approvals.policy_versions import ActivePolicies
+from approvals.reminders import first_reminder
 from approvals.request_views import load_request_view, render_request
 from approvals.tables import audit_events, chain_heads, idempotency_keys, outbox, requests
 
@@ -221,6 +222,7 @@ async def create_request(
         outbox_values(kind=kind, dedupe_key=key, request_id=request_id, payload=payload)
         for kind, key, payload in deliveries
     ]
+    reminder = None if final else first_reminder(values["policy_rule"], dt.timedelta(seconds=lifetime))
     if postgres:
         stamped = await insert_new_request(
             conn,
@@ -229,12 +231,19 @@ async def create_request(
             final=final,
             outbox_rows=outbox_rows,
             events=events,
+            first_reminder=reminder,
         )
         created_at, expires_at = stamped.created_at, stamped.expires_at
     else:
         assert now is not None
         created_at, expires_at = now, now + dt.timedelta(seconds=lifetime)
-        await _insert_rows(conn, values, created_at, expires_at, final, outbox_rows, events)
+        times = {
+            "created_at": now,
+            "expires_at": expires_at,
+            "decided_at": now if final else None,
+            "next_reminder_at": None if reminder is None else now + reminder,
+        }
+        await _insert_rows(conn, {**values, **times}, outbox_rows, fill_expiry(events, expires_at))
     values.update(created_at=created_at, expires_at=expires_at, decided_at=created_at if final else None)
 
     # A brand-new request has no decisions or deliveries: render it without reading it back.
@@ -251,20 +260,12 @@ async def create_request(
 
 
 async def _insert_rows(
-    conn: AsyncConnection,
-    request: dict[str, Any],
-    now: dt.datetime,
-    expires_at: dt.datetime,
-    final: bool,
-    outbox_rows: list[dict[str, Any]],
-    events: list[NewEvent],
+    conn: AsyncConnection, request: dict[str, Any], outbox_rows: list[dict[str, Any]], events: list[NewEvent]
 ) -> None:
     """Every row of a new request, hashed here, on a backend that has no statement for it all."""
-    event_rows, head = chain_rows(request["id"], fill_expiry(events, expires_at), now)
-    await conn.execute(
-        requests.insert(),
-        {**request, "created_at": now, "expires_at": expires_at, "decided_at": now if final else None},
-    )
+    now = request["created_at"]
+    event_rows, head = chain_rows(request["id"], events, now)
+    await conn.execute(requests.insert(), request)
     if outbox_rows:
         await conn.execute(
             outbox.insert(), [{**row, **dict.fromkeys(TIME_COLUMNS, now)} for row in outbox_rows]

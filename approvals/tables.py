@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from approvals.db import UTCDateTime
@@ -101,8 +102,17 @@ requests = Table(
     Column("outcome_external_ref", String(500)),
     Column("outcome_at", UTCDateTime),
     Column("delivery_error", Text),
+    # When the reminder sweep next has work for this request (its next `remind_at` point); None once
+    # it has none. Set when the request is created, moved on by each sweep that visits it.
+    Column("next_reminder_at", UTCDateTime),
     Index("ix_requests_status_expires_at", "status", "expires_at"),
     Index("ix_requests_agent_id_created_at", "agent_id", "created_at"),
+    Index(
+        "ix_requests_next_reminder_at",
+        "next_reminder_at",
+        postgresql_where=text("status = 'pending' AND next_reminder_at IS NOT NULL"),
+        sqlite_where=text("status = 'pending' AND next_reminder_at IS NOT NULL"),
+    ),
 )
 
 decisions = Table(

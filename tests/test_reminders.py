@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import select, update
 
+from app.migrate import alembic_config
 from app.scheduler import reminders_job
+from approvals.reminders import send_due_reminders
 from approvals.tables import audit_events, requests
 from tests.conftest import offer
 from tests.slack_helpers import SlackApi, block_actions, slack_service
@@ -27,10 +31,15 @@ async def _age(slack: SlackApi, request_id: str, fraction: float) -> None:
         row = (await conn.execute(select(requests).where(requests.c.id == request_id))).one()
         lifetime = row.expires_at - row.created_at
         shift = lifetime * fraction + dt.timedelta(seconds=1)
+        reminder = None if row.next_reminder_at is None else row.next_reminder_at - shift
         await conn.execute(
             update(requests)
             .where(requests.c.id == request_id)
-            .values(created_at=row.created_at - shift, expires_at=row.expires_at - shift)
+            .values(
+                created_at=row.created_at - shift,
+                expires_at=row.expires_at - shift,
+                next_reminder_at=reminder,
+            )
         )
 
 
@@ -105,3 +114,52 @@ async def test_the_last_reminder_escalates_and_the_added_approver_can_decide(sla
     view = await slack.final(created["id"])
     assert view["status"] == "approved"
     assert {d["approver"]["id"] for d in view["decisions"]} == {"U01COO", "U03CEO"}
+
+
+async def test_a_due_reminder_is_sent_however_many_older_requests_are_pending(slack: SlackApi) -> None:
+    """The sweep reads requests whose next reminder is due, not the oldest pending ones: requests
+    without reminders (or not yet due) ahead of it in age never hold a due one back."""
+    older = [(await (await slack.post("/v1/requests", offer())).json())["id"] for _ in range(3)]
+    created = await (await slack.post("/v1/requests", offer(action="sign_contract"))).json()
+    await _age(slack, created["id"], 0.30)
+    for request_id in older:  # older still, with no reminders
+        await _age(slack, request_id, 0.9)
+    async with slack.container.engine.begin() as conn:
+        assert await send_due_reminders(conn, limit=2) == 1
+    async with slack.container.engine.begin() as conn:
+        assert await send_due_reminders(conn, limit=2) == 0  # moved on to its next point
+        row = (await conn.execute(select(requests).where(requests.c.id == created["id"]))).one()
+    assert row.next_reminder_at == row.created_at + (row.expires_at - row.created_at) * 0.5
+    assert (await _kinds(slack, created["id"])).count("reminder_sent") == 1
+    await _age(slack, created["id"], 0.25)  # now past its second (last) point too
+    async with slack.container.engine.begin() as conn:
+        assert await send_due_reminders(conn, limit=2) == 1  # the last reminder (it escalates)
+        row = (await conn.execute(select(requests).where(requests.c.id == created["id"]))).one()
+    assert row.next_reminder_at is None
+
+
+async def test_the_migration_makes_pending_requests_with_reminders_due(slack: SlackApi) -> None:
+    """0009 adds next_reminder_at; pending requests whose rule has reminders are due at once, so the
+    sweep sends what is owed and moves each on; the others have none."""
+    reminded = (await (await slack.post("/v1/requests", offer(action="sign_contract"))).json())["id"]
+    plain = (await (await slack.post("/v1/requests", offer())).json())["id"]
+
+    def migrate(sync_conn: Any, revision: str, downgrade: bool) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync_conn
+        (command.downgrade if downgrade else command.upgrade)(config, revision)
+
+    async with slack.container.engine.begin() as conn:
+        await conn.run_sync(migrate, "0008", True)
+    await slack.container.engine.dispose()  # connections that knew the old columns
+    async with slack.container.engine.begin() as conn:
+        await conn.run_sync(migrate, "head", False)
+        rows = {
+            r.id: r for r in await conn.execute(select(requests).where(requests.c.id.in_([reminded, plain])))
+        }
+    assert rows[reminded].next_reminder_at == rows[reminded].created_at
+    assert rows[plain].next_reminder_at is None
+    async with slack.container.engine.begin() as conn:
+        assert await send_due_reminders(conn) == 0  # its first point (25%) is still ahead
+        row = (await conn.execute(select(requests).where(requests.c.id == reminded))).one()
+    assert row.next_reminder_at == row.created_at + (row.expires_at - row.created_at) * 0.25
