@@ -113,7 +113,8 @@ async def stranded_clicks(conn: AsyncConnection, *, older_than: dt.timedelta, li
     rows = await conn.execute(
         select(slack_clicks.c.id)
         .where(slack_clicks.c.status == "pending", slack_clicks.c.created_at <= now - older_than)
-        .order_by(slack_clicks.c.id)
+        # Fewest attempts first: clicks that keep failing (Slack down for them) never hide the others.
+        .order_by(slack_clicks.c.attempts, slack_clicks.c.id)
         .limit(limit)
     )
     return [int(r.id) for r in rows]

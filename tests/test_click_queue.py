@@ -130,3 +130,47 @@ def test_serve_freezes_what_exists_at_start_and_collects_young_objects_less_ofte
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "True"]
+
+
+@pytest.fixture
+async def any_slack(database_url: str) -> AsyncIterator[SlackApi]:
+    async for api in slack_service(database_url):
+        yield api
+
+
+async def test_a_click_submitted_as_the_workers_stop_still_gets_a_worker(
+    any_slack: SlackApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers that found the queue empty give their slot back as they stop, not a loop turn later."""
+    assert any_slack.container.slack is not None
+    processor = any_slack.container.slack.clicks
+    decided: list[int] = []
+
+    async def decide_at_once(click_id: int) -> None:  # the decision itself is not what is tested here
+        decided.append(click_id)
+
+    monkeypatch.setattr(processor, "process", decide_at_once)
+    for click_id in range(1, DECIDING_AT_ONCE + 1):
+        processor.submit(click_id)
+    await asyncio.sleep(0)  # every worker runs, drains the queue and stops, in this one loop turn
+    processor.submit(99)
+    for _ in range(100):
+        if 99 in decided:
+            break
+        await asyncio.sleep(0.01)
+    assert decided == [*range(1, DECIDING_AT_ONCE + 1), 99]
+
+
+async def test_a_click_for_a_request_that_does_not_exist_leaves_the_inbox(any_slack: SlackApi) -> None:
+    missing = "req_" + "0" * 24  # the shape of an id, but no such request
+    answer = await any_slack.slack(block_actions(missing, "approve_request", user="U01COO"))
+    assert answer.status == 200
+    async with any_slack.container.engine.connect() as conn:
+        for _ in range(200):
+            status = (await conn.execute(text("SELECT status FROM slack_clicks"))).scalar()
+            if status == "done":
+                break
+            await asyncio.sleep(0.02)
+            await conn.rollback()
+        decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar_one()
+    assert (status, decided) == ("done", 0)

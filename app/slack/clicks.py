@@ -137,6 +137,8 @@ class ClickProcessor:
         self._waiting: deque[int] = deque()
         self._queued: set[int] = set()  # waiting or being decided by a worker
         self._workers: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._full = False
 
     async def accept(self, *, dedupe_key: str, request_id: str, payload: dict[str, Any]) -> int | None:
         """Keep the click; None when it is a Slack retry or a replay. Returns once it is committed."""
@@ -144,31 +146,48 @@ class ClickProcessor:
 
     def submit(self, click_id: int) -> None:
         """Have a stored click decided soon by one of DECIDING_AT_ONCE workers; returns at once."""
-        if click_id in self._queued or len(self._queued) >= MAX_WAITING:
+        if self._closed or click_id in self._queued:
             return
+        if len(self._queued) >= MAX_WAITING:
+            if not self._full:
+                log.warning("click_queue_full", waiting=len(self._queued))  # the sweep takes the rest
+            self._full = True
+            return
+        self._full = False
         self._queued.add(click_id)
         self._waiting.append(click_id)
         if len(self._workers) < DECIDING_AT_ONCE:
             worker = asyncio.get_running_loop().create_task(self._work())
             self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
 
     def close(self) -> None:
-        """Take no more clicks from the queue (at shutdown): the ones left wait in the inbox."""
+        """Take no more clicks (at shutdown): the ones queued wait in the inbox for the next start."""
+        self._closed = True
         self._waiting.clear()
         self._queued.clear()
 
     async def _work(self) -> None:
-        while self._waiting:
-            click_id = self._waiting.popleft()
-            try:
-                await self.process(click_id)
-            except NotFound:
-                log.warning("click_for_unknown_request", click_id=click_id)
-            except Exception:  # the click stays in the inbox: the stranded-click sweep tries again
-                log.exception("click_not_decided", click_id=click_id)
-            finally:
-                self._queued.discard(click_id)
+        try:
+            while self._waiting:
+                click_id = self._waiting.popleft()
+                try:
+                    await self.process(click_id)
+                except NotFound:
+                    # Its request does not exist (a forged id that looked right): nothing can ever
+                    # decide it, so it leaves the inbox instead of coming back to every sweep.
+                    log.warning("click_for_unknown_request", click_id=click_id)
+                    async with self._engine.begin() as conn:
+                        await finish_click(conn, click_id)
+                except Exception:  # the click stays in the inbox: the stranded-click sweep tries again
+                    log.exception("click_not_decided", click_id=click_id)
+                finally:
+                    self._queued.discard(click_id)
+        finally:
+            # Here, not in a done callback a loop turn later: a click submitted in between would
+            # otherwise find every worker slot taken by workers that have already stopped.
+            task = asyncio.current_task()
+            if task is not None:
+                self._workers.discard(task)
 
     async def process(self, click_id: int) -> Outcome | None:
         """Decide one stored click; None when another process has it or it is already decided."""
