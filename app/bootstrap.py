@@ -26,6 +26,7 @@ from app.waiters import RequestWaiters
 from approvals.outbox import CALLBACK
 from approvals.policies import LoadedPolicies, load_policies
 from approvals.policy_versions import ActivePolicies, record_policy_version
+from approvals.reminders import schedule_missing_reminders
 
 if TYPE_CHECKING:
     from app.slack.runtime import SlackRuntime
@@ -136,6 +137,7 @@ async def build_container(
         await prepare_database(engine, settings)
         async with engine.begin() as conn:
             policies = await record_policy_version(conn, loaded, loaded_by=loaded_by or operator_identity())
+            await schedule_missing_reminders(conn)
     except BaseException:
         await engine.dispose()
         raise

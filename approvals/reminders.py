@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import append_event
@@ -35,6 +35,25 @@ def remind_offsets(rule: dict[str, Any], lifetime: dt.timedelta) -> list[dt.time
         else:
             offsets.append(dt.timedelta(seconds=parse_duration(text)))
     return sorted(offsets)
+
+
+async def schedule_missing_reminders(conn: AsyncConnection) -> int:
+    """Make due at once every pending request whose rule has reminders but that has no
+    next_reminder_at: one written by an older version (a replica still serving during a rolling
+    upgrade, after migration 0009 ran). The sweep then works out what is owed. Run at start."""
+    rule_text = cast(requests.c.policy_rule, Text)
+    result = await conn.execute(
+        update(requests)
+        .where(
+            requests.c.status == "pending",
+            requests.c.next_reminder_at.is_(None),
+            # Rules are stored as canonical JSON: an empty list is exactly this text.
+            rule_text.like('%"remind_at":[%'),
+            rule_text.not_like('%"remind_at":[]%'),
+        )
+        .values(next_reminder_at=requests.c.created_at)
+    )
+    return int(result.rowcount or 0)
 
 
 async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:

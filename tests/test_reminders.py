@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from app.migrate import alembic_config
 from app.scheduler import reminders_job
-from approvals.reminders import send_due_reminders
+from approvals.reminders import schedule_missing_reminders, send_due_reminders
 from approvals.tables import audit_events, requests
 from tests.conftest import offer
 from tests.slack_helpers import SlackApi, block_actions, slack_service
@@ -163,3 +163,18 @@ async def test_the_migration_makes_pending_requests_with_reminders_due(slack: Sl
         assert await send_due_reminders(conn) == 0  # its first point (25%) is still ahead
         row = (await conn.execute(select(requests).where(requests.c.id == reminded))).one()
     assert row.next_reminder_at == row.created_at + (row.expires_at - row.created_at) * 0.25
+
+
+async def test_requests_written_without_a_next_reminder_are_scheduled_at_start(slack: SlackApi) -> None:
+    """An older replica still serving after the migration writes no next_reminder_at; a process of
+    this version starting makes such requests due, and only those whose rule has reminders."""
+    reminded = (await (await slack.post("/v1/requests", offer(action="sign_contract"))).json())["id"]
+    plain = (await (await slack.post("/v1/requests", offer())).json())["id"]
+    async with slack.container.engine.begin() as conn:
+        await conn.execute(update(requests).values(next_reminder_at=None))
+        assert await schedule_missing_reminders(conn) == 1
+        rows = {
+            r.id: r for r in await conn.execute(select(requests).where(requests.c.id.in_([reminded, plain])))
+        }
+    assert rows[reminded].next_reminder_at == rows[reminded].created_at
+    assert rows[plain].next_reminder_at is None
