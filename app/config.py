@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8080"
-    database_pool_size: int = Field(default=10, ge=1, le=200)  # per process: mind max_connections x replicas
+    # Per pool; a process on PostgreSQL has two (transactions, single statements): mind max_connections.
+    database_pool_size: int = Field(default=10, ge=1, le=200)
     database_max_overflow: int = Field(default=0, ge=0, le=200)
     auto_migrate: bool | None = None  # None: on for SQLite (the embedded default), off otherwise
     callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

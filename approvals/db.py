@@ -200,7 +200,7 @@ def _unnest_insert(
     """
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
-    types = {name: _without_length(table.c[name].type) for name in columns}
+    types = {name: without_length(table.c[name].type) for name in columns}
     sql_types = {name: type_.compile(dialect=dialect) for name, type_ in types.items()}
     arrays = ", ".join(f":{name} ::{sql_types[name]}[]" for name in varying)
     values = ", ".join(
@@ -227,7 +227,9 @@ def _unnest_insert(
     return text(sql).bindparams(*binds)
 
 
-def _without_length(type_: Any) -> Any:
+def without_length(type_: Any) -> Any:
+    """A string type without its length: a cast to VARCHAR(40) cuts a longer value short without a
+    word, where the INSERT into the column refuses it."""
     if isinstance(type_, String) and type_.length is not None:
         unbounded = type_.copy()
         unbounded.length = None

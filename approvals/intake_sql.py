@@ -26,7 +26,7 @@ from sqlalchemy.types import String
 
 from approvals.audit import DATA_KEY, GENESIS_HASH, NewEvent, body_parts, canonical_around, canonical_text
 from approvals.audit_sql import event_time_text
-from approvals.db import UTCDateTime
+from approvals.db import UTCDateTime, without_length
 from approvals.outbox import TIME_COLUMNS
 from approvals.tables import audit_events, chain_heads, outbox, requests
 
@@ -77,7 +77,8 @@ def _param(name: str, sql_type: str) -> str:
 
 
 def _column_type(table: Table, column: str) -> str:
-    return str(table.c[column].type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+    # Without a length (see without_length): a value too long for the column is refused, not cut.
+    return str(without_length(table.c[column].type).compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
 def _expiry_key(event: NewEvent) -> str | None:
