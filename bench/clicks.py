@@ -3,7 +3,7 @@
 Usage:
 
     .venv/bin/python bench/clicks.py [--duration 10] [--clickers 32] [--warmup 2]
-                                     [--requests 16000] [--users 64] [--baseline-duration 5]
+                                     [--requests 24000] [--users 64] [--baseline-duration 5]
                                      [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 
 What it does, in one run on one PostgreSQL server:
@@ -520,7 +520,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
     parser.add_argument("--baseline-duration", type=float, default=5.0, help="measured seconds per baseline")
     parser.add_argument(
-        "--requests", type=int, default=16000, help="pending requests to click (warm-up uses some too)"
+        "--requests", type=int, default=24000, help="pending requests to click (warm-up uses some too)"
     )
     parser.add_argument("--users", type=int, default=64, help="approvers U0000001.. the clicks cycle through")
     parser.add_argument(
