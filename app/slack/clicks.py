@@ -171,13 +171,7 @@ class ClickProcessor:
             while self._waiting:
                 click_id = self._waiting.popleft()
                 try:
-                    await self.process(click_id)
-                except NotFound:
-                    # Its request does not exist (a forged id that looked right): nothing can ever
-                    # decide it, so it leaves the inbox instead of coming back to every sweep.
-                    log.warning("click_for_unknown_request", click_id=click_id)
-                    async with self._engine.begin() as conn:
-                        await finish_click(conn, click_id)
+                    await self._decide_or_drop(click_id)
                 except Exception:  # the click stays in the inbox: the stranded-click sweep tries again
                     log.exception("click_not_decided", click_id=click_id)
                 finally:
@@ -188,6 +182,16 @@ class ClickProcessor:
             task = asyncio.current_task()
             if task is not None:
                 self._workers.discard(task)
+
+    async def _decide_or_drop(self, click_id: int) -> None:
+        try:
+            await self.process(click_id)
+        except NotFound:
+            # Its request does not exist (a forged id that looked right): nothing can ever decide
+            # it, so it leaves the inbox instead of coming back to every sweep.
+            log.warning("click_for_unknown_request", click_id=click_id)
+            async with self._engine.begin() as conn:
+                await finish_click(conn, click_id)
 
     async def process(self, click_id: int) -> Outcome | None:
         """Decide one stored click; None when another process has it or it is already decided."""
