@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from approvals.audit import canonical_text
 
@@ -106,3 +107,14 @@ def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: An
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def connection_for(
+    engine: AsyncEngine, single_statements: AsyncEngine | None, *, one_statement: bool
+) -> AbstractAsyncContextManager[AsyncConnection]:
+    """Where a use case writes: a transaction on `engine`, or, when it writes exactly one statement
+    and there is a pool in autocommit for that (PostgreSQL), a connection of that pool, on which
+    the statement is its own transaction and costs no BEGIN or COMMIT round trip."""
+    if one_statement and single_statements is not None:
+        return single_statements.connect()
+    return engine.begin()

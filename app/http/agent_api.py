@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from app.database import connection_for
 from app.http.auth import principal_for
 from app.http.body import read_json_object
 from app.http.context import container_of
@@ -69,15 +70,13 @@ async def post_request(request: web.Request) -> web.Response:
                 replay = await replay_idempotent(conn, principal=principal, new=new, idempotency_key=key)
             if replay is not None:
                 return _idempotent_answer(replay)
-        single = container.single_statements
-        if single is not None and is_one_statement(single.dialect.name, principal, new, key):
-            async with single.connect() as conn:  # autocommit: the one statement is the transaction
-                result = await create_request(conn, principal=principal, new=new, policies=container.policies)
-        else:
-            async with container.interactive.begin() as conn:
-                result = await create_request(
-                    conn, principal=principal, new=new, policies=container.policies, idempotency_key=key
-                )
+        one = is_one_statement(container.interactive.dialect.name, principal, new, key)
+        async with connection_for(
+            container.interactive, container.single_statements, one_statement=one
+        ) as conn:
+            result = await create_request(
+                conn, principal=principal, new=new, policies=container.policies, idempotency_key=key
+            )
         if isinstance(result, KeyInUse):
             continue
         if isinstance(result, DomainError):

@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.database import connection_for
 from app.oidc.routes import step_up_url
 from app.slack.cards import ephemeral_text, step_up_prompt
 from app.slack.directory import SlackDirectory
@@ -77,7 +78,6 @@ class ClickInbox:
         self, engine: AsyncEngine, max_batch: int = 100, single_statements: AsyncEngine | None = None
     ) -> None:
         self._engine = engine
-        # On PostgreSQL store_clicks is one statement: through autocommit connections, no BEGIN/COMMIT.
         self._single = single_statements
         self._max_batch = max_batch
         self._waiting: list[tuple[NewClick, asyncio.Future[int | None]]] = []
@@ -95,12 +95,9 @@ class ClickInbox:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:
-                if self._single is not None:
-                    async with self._single.connect() as conn:
-                        ids = await store_clicks(conn, [click for click, _ in batch])
-                else:
-                    async with self._engine.begin() as conn:
-                        ids = await store_clicks(conn, [click for click, _ in batch])
+                # On PostgreSQL (the one backend with a single-statement pool) store_clicks is one statement.
+                async with connection_for(self._engine, self._single, one_statement=True) as conn:
+                    ids = await store_clicks(conn, [click for click, _ in batch])
             except BaseException as exc:  # every waiter learns its click was not kept
                 for _, future in batch:
                     if not future.done():
