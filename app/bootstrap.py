@@ -6,7 +6,7 @@ import getpass
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -126,12 +126,12 @@ async def build_container(
         checkpoint_key = load_checkpoint_key(settings)
     except CheckpointKeyError as exc:
         raise StartupError(str(exc)) from None
-    bounded = build_engine(
-        settings.database_url,
-        statement_timeout_seconds=settings.statement_timeout_seconds,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-    )
+    pool: dict[str, Any] = {
+        "statement_timeout_seconds": settings.statement_timeout_seconds,
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+    }
+    bounded = build_engine(settings.database_url, **pool)
     engine = unbounded(bounded)
     try:
         await prepare_database(engine, settings)
@@ -145,13 +145,7 @@ async def build_container(
         settings=settings,
         engine=engine,
         interactive=bounded,
-        single_statements=build_engine(
-            settings.database_url,
-            statement_timeout_seconds=settings.statement_timeout_seconds,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-            isolation_level="AUTOCOMMIT",
-        )
+        single_statements=build_engine(settings.database_url, isolation_level="AUTOCOMMIT", **pool)
         if bounded.dialect.name == "postgresql"
         else None,
         policies=policies,
