@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import app.slack.clicks as clicks_module
 from app.slack.clicks import DECIDING_AT_ONCE
@@ -44,6 +45,14 @@ async def _click_all(slack: SlackApi, ids: list[str]) -> None:
     ]
     answers = await asyncio.gather(*(slack.slack(click) for click in clicks))
     assert [a.status for a in answers] == [200] * len(ids)
+
+
+UNDECIDED = "SELECT count(*) FROM slack_clicks WHERE status = 'pending'"
+DECISIONS = "SELECT count(*) FROM decisions"
+
+
+async def _count(conn: AsyncConnection, query: str) -> int:
+    return int((await conn.execute(text(query))).scalar_one())
 
 
 def _working_tasks() -> int:
@@ -78,10 +87,8 @@ async def test_a_backlog_waits_as_ids_for_a_few_workers_and_each_click_is_decide
     for request_id in ids:
         assert (await slack.final(request_id))["status"] == "approved"
     async with slack.container.engine.connect() as conn:
-        decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar_one()
-        pending = (
-            await conn.execute(text("SELECT count(*) FROM slack_clicks WHERE status = 'pending'"))
-        ).scalar()
+        decided = await _count(conn, DECISIONS)
+        pending = await _count(conn, UNDECIDED)
     assert (decided, pending) == (len(ids), 0)
 
 
@@ -100,21 +107,17 @@ async def test_clicks_beyond_the_queue_wait_in_the_inbox_for_the_sweep(
     # The two queued are decided; the four that did not fit are still stored, undecided.
     async with slack.container.engine.connect() as conn:
         for _ in range(200):
-            decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar_one()
+            decided = await _count(conn, DECISIONS)
             if decided == 2 and not processor._queued:
                 break
             await asyncio.sleep(0.05)
-        pending = (
-            await conn.execute(text("SELECT count(*) FROM slack_clicks WHERE status = 'pending'"))
-        ).scalar()
+        pending = await _count(conn, UNDECIDED)
     assert (decided, pending) == (2, 4)
     # The sweep queues them (two at a time fit) until every one is decided.
     for _ in range(200):
         await processor.process_stranded()
         async with slack.container.engine.connect() as conn:
-            pending = (
-                await conn.execute(text("SELECT count(*) FROM slack_clicks WHERE status = 'pending'"))
-            ).scalar()
+            pending = await _count(conn, UNDECIDED)
         if pending == 0:
             break
         await asyncio.sleep(0.05)
@@ -172,5 +175,5 @@ async def test_a_click_for_a_request_that_does_not_exist_leaves_the_inbox(any_sl
                 break
             await asyncio.sleep(0.02)
             await conn.rollback()
-        decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar_one()
+        decided = await _count(conn, DECISIONS)
     assert (status, decided) == ("done", 0)
