@@ -245,6 +245,7 @@ async def test_a_forged_checkpoint_fails_its_signature(api: Api, database_url: s
     await _seed(api)
     await run_cli(database_url, "audit", "checkpoint")
     async with api.container.engine.begin() as conn:
+        await _superuser(conn)
         await conn.execute(text("UPDATE audit_checkpoints SET total_events = total_events - 1"))
     report = json.loads((await run_cli(database_url, "audit", "verify", "--json")).stdout)
     assert report["checkpoint_problem"]["problem"].startswith("signature does not verify")

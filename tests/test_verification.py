@@ -166,6 +166,7 @@ async def test_a_checkpoint_whose_scheme_is_changed_fails_its_signature(api: Api
     key = api.container.checkpoint_key
     async with api.container.engine.begin() as conn:
         await create_checkpoint(conn, sign=key.sign, key_id=key.key_id, lag=dt.timedelta(0))
+        await _superuser(conn)
         await conn.execute(text("UPDATE audit_checkpoints SET scheme = 1"))
     verdict = await verify_audit_log(api.container.engine, verify=key.verify)
     assert verdict.checkpoint_problem is not None
