@@ -101,11 +101,28 @@ def csv_row(chain: dict[str, Any]) -> list[Any]:
     ]
 
 
+# OWASP's CSV injection list: a cell starting with one of these is a formula to Excel, LibreOffice
+# and Google Sheets (tab and CR because spreadsheets strip them before looking for the others).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(cell: Any) -> Any:
+    """A cell a spreadsheet shows as text: a string starting like a formula gets a leading `'`.
+
+    Only strings: numbers the service computes (counts, versions) are written as numbers. Every
+    string is treated alike, because agent text, Slack names and reasons reach many columns.
+    """
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def csv_text(rows: list[list[Any]]) -> str:
+    """Rows as CSV, every cell through csv_safe: the one writer of every CSV the service produces."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for row in rows:
-        writer.writerow(row)
+        writer.writerow([csv_safe(cell) for cell in row])
     return buffer.getvalue()
 
 

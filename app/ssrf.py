@@ -36,17 +36,52 @@ class CallbackAllowList:
         return host.lower().rstrip(".") in self.hosts
 
     def allows_address(self, address: IPAddress) -> bool:
-        return any(address in network for network in self.networks)
+        """In an allowed network, or an IPv6 form of an address in one (an allowed 10.0.0.0/8 also
+        allows ::ffff:10.1.2.3 and 64:ff9b::a01:203, which reach the same host)."""
+        candidates = (address, *embedded_ipv4(address))
+        return any(candidate in network for candidate in candidates for network in self.networks)
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet is delivered to: NAT64's
+# well-known prefix (RFC 6052), IPv4-translated (RFC 2765) and the deprecated IPv4-compatible form.
+_LOW_32_BITS_EMBED = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+)
+# Never globally reachable, whatever they embed: local-use NAT64 (RFC 8215, the operator's own
+# translator, whose prefix length fixes where an IPv4 sits) and deprecated site-local (RFC 3879).
+# The `ipaddress` module calls both global on Python 3.11.
+_NEVER_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address stands for (mapped, 6to4, Teredo, NAT64...), else ()."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return ()
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo  # (server, client); the module undoes the client's XOR
+    if any(address in network for network in _LOW_32_BITS_EMBED):
+        return (ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF),)
+    return ()
 
 
 @functools.lru_cache(maxsize=4096)
 def is_public(address: IPAddress) -> bool:
-    """Public unicast only: loopback, private, link-local (cloud metadata), shared, reserved are not.
+    """Public unicast only: loopback, private, link-local (cloud metadata), shared, reserved are not,
+    nor an IPv6 address that embeds such an IPv4 one (the packet reaches the IPv4 address).
 
     Cached: it depends on the address alone, and is asked at every delivery attempt.
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NEVER_PUBLIC):
+        return False
+    embedded = embedded_ipv4(address)
+    if embedded:
+        return all(is_public(inner) for inner in embedded)
     return address.is_global and not address.is_multicast
 
 

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -68,11 +69,23 @@ def encode_cursor(created_at: dt.datetime, request_id: str) -> str:
     return base64.urlsafe_b64encode(f"{iso_utc(created_at)}|{request_id}".encode()).decode()
 
 
+# Request ids are new_id("req_") values; a cursor's id is checked against this looser shape.
+_CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """The (created_at, id) an encode_cursor value names; anything else is refused.
+
+    The caller hands the cursor back, so it is hostile input: a time without a zone or beyond
+    datetime's range, or an id no request has (a NUL in it), would otherwise fail in SQL as a 500.
+    """
     try:
-        when, request_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return dt.datetime.fromisoformat(when.replace("Z", "+00:00")), request_id
-    except (ValueError, UnicodeDecodeError):
+        when, request_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").split("|", 1)
+        after = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+        if after.tzinfo is None or not _CURSOR_ID.fullmatch(request_id):
+            raise ValueError("not a cursor this API wrote")
+        return after.astimezone(dt.UTC), request_id
+    except (ValueError, OverflowError):  # UnicodeError and binascii.Error are ValueErrors
         raise InvalidInput("invalid_cursor", "the cursor is not one this API returned", "cursor") from None
 
 

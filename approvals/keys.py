@@ -16,9 +16,21 @@ def new_api_key(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
+MAX_KEY_LENGTH = 200
+
+
+def is_well_formed_key(key: str) -> bool:
+    """Could this be a key we issued? Ours are short printable ASCII (a prefix and URL-safe base64)."""
+    return 0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
+
+
 def hash_api_key(key: str) -> str:
-    """Keys carry 256 random bits, so a plain SHA-256 (no salt, no stretching) cannot be brute-forced."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """Keys carry 256 random bits, so a plain SHA-256 (no salt, no stretching) cannot be brute-forced.
+
+    surrogatepass: a presented key decoded from undecodable header bytes holds lone surrogates; it
+    must hash (to something no issued key hashes to) rather than raise.
+    """
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def display_prefix(key: str) -> str:

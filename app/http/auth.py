@@ -7,9 +7,10 @@ import time
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.http.body import refuse_unstorable_url
 from approvals.agents import Principal, authenticate
 from approvals.errors import Forbidden, Unauthenticated
-from approvals.keys import hash_api_key
+from approvals.keys import hash_api_key, is_well_formed_key
 
 # A revoked or expired key keeps working in a process for at most this long after it changed.
 KEY_CACHE_SECONDS = 5.0
@@ -38,12 +39,19 @@ class PrincipalCache:
 async def principal_for(
     request: web.Request, engine: AsyncEngine, cache: PrincipalCache, *, role: str
 ) -> Principal:
-    """The caller behind `Authorization: Bearer <key>`, which must hold `role`."""
+    """The caller behind `Authorization: Bearer <key>`, which must hold `role`.
+
+    Every JSON API route starts here, so this is also where the URL's own text (path ids, query
+    parameters) is checked, once the caller is known, before any of it reaches a query.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthenticated("missing_key", "send an API key as `Authorization: Bearer <key>`")
+    if not is_well_formed_key(key):
+        # Non-ASCII or undecodable header bytes: no key we issued, so no database lookup either.
+        raise Unauthenticated("invalid_key", "the API key is missing, unknown, expired or revoked")
     key_hash = hash_api_key(key)
     principal = cache.get(key_hash)
     if principal is None:
@@ -52,4 +60,5 @@ async def principal_for(
         cache.put(key_hash, principal)
     if principal.role != role:
         raise Forbidden("wrong_role", f"this endpoint needs a key with the {role!r} role")
+    refuse_unstorable_url(request)
     return principal

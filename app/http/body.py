@@ -1,4 +1,5 @@
-"""Reading an agent's JSON body safely: media type, size, encoding, syntax and nesting are all checked."""
+"""Reading an agent's JSON body safely: media type, size, encoding, syntax, nesting and storable text
+are all checked."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from aiohttp import web
 
 from app.config import MAX_BODY_BYTES
 from app.http.errors import HttpError
+from app.storable_text import first_unstorable, unstorable
+from approvals.errors import InvalidInput
 
 
 def _reject_constant(name: str) -> Any:
@@ -36,4 +39,30 @@ async def read_json_object(request: web.Request, *, required: bool = True) -> di
         raise HttpError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise HttpError(400, "invalid_json", "the request body must be a JSON object")
+    refuse_unstorable(value)
     return value
+
+
+def refuse_unstorable(document: dict[str, Any]) -> None:
+    """A 422 naming the first string, anywhere in the document, that a text column cannot hold.
+
+    Checked on the whole parsed body, before any schema: every field (params keys and values, links,
+    outcome detail, fields a later version adds) is covered without each remembering to check.
+    """
+    found = first_unstorable(document)
+    if found is not None:
+        field, reason = found
+        raise InvalidInput("invalid_text", f"{field}: {reason}", field)
+
+
+def refuse_unstorable_url(request: web.Request) -> None:
+    """A 422 for a path segment or query parameter (name or value) that a text column cannot hold.
+
+    Ids and filters from the URL reach SQL as bound values: PostgreSQL fails a statement with a NUL
+    in one, which would be a 500.
+    """
+    for name, value in [*request.match_info.items(), *request.query.items()]:
+        reason = unstorable(name) or unstorable(value)
+        if reason is not None:
+            field = name if unstorable(name) is None else "query"
+            raise InvalidInput("invalid_text", f"{field}: {reason}", field)

@@ -20,6 +20,7 @@ from app.slack.cards import build_home_view, build_pending_list, build_reject_mo
 from app.slack.clicks import ClickProcessor
 from app.slack.directory import SlackDirectory
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, SLASH_COMMAND, ActionId, CallbackId
+from app.storable_text import unstorable
 from approvals.decisions import approver_ids
 from approvals.queues import pending_requests
 
@@ -102,6 +103,14 @@ def register(
         if len(value) > MAX_REASON:
             await ack(
                 response_action="errors", errors={REASON_BLOCK: f"Keep it under {MAX_REASON} characters."}
+            )
+            return
+        if unstorable(value) is not None:
+            # Said in the modal, where the approver can fix it: stored, a NUL would fail the decision's
+            # write on PostgreSQL after the click was acknowledged.
+            await ack(
+                response_action="errors",
+                errors={REASON_BLOCK: "Remove the control characters (such as NUL) from the reason."},
             )
             return
         try:
