@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
+from yarl import URL
 
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.config import Settings
@@ -23,10 +24,12 @@ from app.oidc.provider import OidcProvider
 from app.ssrf import CallbackAllowList
 from app.statement_timeout import unbounded
 from app.waiters import RequestWaiters
+from app.witnesses import HttpWitness, SlackWitness, WitnessFile
 from approvals.outbox import CALLBACK
 from approvals.policies import LoadedPolicies, load_policies
 from approvals.policy_versions import ActivePolicies, record_policy_version
 from approvals.reminders import schedule_missing_reminders
+from approvals.witnessing import WITNESS_HTTP, WITNESS_SLACK
 
 if TYPE_CHECKING:
     from app.slack.runtime import SlackRuntime
@@ -57,6 +60,7 @@ class Container:
     metrics: Metrics = field(default_factory=Metrics)
     slack: SlackRuntime | None = None
     oidc: OidcProvider | None = None
+    witness_file: WitnessFile | None = None
     # PostgreSQL only: a pool of its own whose connections are in autocommit, for a use case that
     # writes in exactly one statement (then its own transaction, atomic as any): BEGIN and COMMIT
     # cost such a use case two of its three round trips. See approvals.requests.is_one_statement.
@@ -159,6 +163,7 @@ async def build_container(
         CALLBACK, callbacks.deliver, concurrency=CALLBACK_CONCURRENCY, prepare=callbacks.prepare
     )
     container.dispatcher.on_close(callbacks.close)
+    register_witnesses(container)
     if settings.slack_enabled:
         from app.slack.runtime import build_slack
 
@@ -171,7 +176,31 @@ async def build_container(
             oidc=container.oidc,
             single_statements=container.single_statements,
         )
+        if settings.checkpoint_witness_slack_channel:
+            witness = SlackWitness(
+                client=container.slack.client, channel=settings.checkpoint_witness_slack_channel
+            )
+            container.dispatcher.register(WITNESS_SLACK, witness.deliver, concurrency=1)
     return container
+
+
+def register_witnesses(container: Container) -> None:
+    """The witness file and the HTTP witness's outbox handler, as configured (Slack's comes with Slack)."""
+    settings = container.settings
+    path = settings.witness_file_path
+    container.witness_file = WitnessFile(path) if path is not None else None
+    if settings.checkpoint_witness_url and settings.checkpoint_witness_secret is not None:
+        http = HttpWitness(
+            url=settings.checkpoint_witness_url, secret=settings.checkpoint_witness_secret.get_secret_value()
+        )
+        container.dispatcher.register(WITNESS_HTTP, http.deliver, concurrency=1)
+    # Where copies of the checkpoints go: only the witness URL's host (its path or query may hold a token).
+    log.info(
+        "checkpoint_witnesses",
+        file=str(path) if path is not None else None,
+        http=URL(settings.checkpoint_witness_url).host if settings.checkpoint_witness_url else None,
+        slack_channel=settings.checkpoint_witness_slack_channel,
+    )
 
 
 def build_oidc(settings: Settings) -> OidcProvider | None:

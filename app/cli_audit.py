@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -33,8 +33,11 @@ from approvals.chain_json import iter_chain_texts
 from approvals.chains import count_chains, iter_chains
 from approvals.checkpoints import create_checkpoint, latest_checkpoint
 from approvals.errors import DomainError
-from approvals.log_verification import LogVerdict, verify_audit_log
+from approvals.log_verification import Finding, LogVerdict, verify_audit_log
 from approvals.report_data import SAMPLE_SIZE, ReportData, gather_report, read_only_snapshot
+
+if TYPE_CHECKING:  # imported where verify runs: it brings the HTTP and Slack clients
+    from app.witnesses import WitnessResult
 
 
 @click.group()
@@ -61,41 +64,174 @@ def _key() -> CheckpointKey:
     is_flag=True,
     help="Recompute every hash in this process instead of letting PostgreSQL hash the log where it lies.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on every finding, a gap between checkpoints or an old newest checkpoint included.",
+)
+@click.option(
+    "--as-of",
+    "as_of_text",
+    metavar="TIME",
+    help="Judge the newest checkpoint's age as of this ISO 8601 time instead of now (a log verified "
+    "after its service stopped).",
+)
+@click.option(
+    "--witness",
+    "witness_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="A copy of the witnessed checkpoints (JSON Lines) the database must still hold, such as one an "
+    "auditor kept or an HTTP witness received. Repeatable; the configured witnesses are checked anyway.",
+)
+@click.option(
+    "--witness-slack",
+    "witness_channels",
+    multiple=True,
+    metavar="CHANNEL",
+    help="A Slack channel (ID) checkpoints were posted to, read with SLACK_BOT_TOKEN. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(exported_file: Path | None, in_process: bool, as_json: bool) -> None:
-    """Recompute every hash chain and signed checkpoint; name the first broken link (exit 1 if any)."""
+def audit_verify(
+    exported_file: Path | None,
+    in_process: bool,
+    strict: bool,
+    as_of_text: str | None,
+    witness_files: tuple[Path, ...],
+    witness_channels: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Recompute every hash chain and signed checkpoint, compare the request rows with their chains,
+    check the checkpoint witnesses, and report the checkpoints' age and gaps; name the first broken
+    link (exit 1 if anything fails)."""
+    from app.witnesses import check_witnesses
+
+    settings = settings_or_exit()
     key = _key()
+    try:
+        as_of = parse_time(as_of_text, "--as-of")
+    except DomainError as exc:
+        fail(f"error: {exc.message}")
     exported = json.loads(exported_file.read_text()) if exported_file else None
     if exported is not None and exported.get("public_key") != key.public_b64:
         fail("error: the exported checkpoint was signed by another key than the configured one", 1)
+    interval = dt.timedelta(seconds=settings.checkpoint_interval_seconds)
 
-    async def work(engine: AsyncEngine) -> LogVerdict:
-        return await verify_audit_log(
-            engine, verify=key.verify, exported=exported, hash_in_database=not in_process
+    async def work(engine: AsyncEngine) -> tuple[LogVerdict, list[WitnessResult]]:
+        verdict = await verify_audit_log(
+            engine,
+            verify=key.verify,
+            exported=exported,
+            hash_in_database=not in_process,
+            interval=interval,
+            as_of=as_of,
         )
+        witnesses = await check_witnesses(
+            engine,
+            settings,
+            verify=key.verify,
+            files=list(witness_files),
+            slack_channels=list(witness_channels),
+        )
+        return verdict, witnesses
 
-    verdict = with_engine(work)
+    verdict, witnesses = with_engine(work)
+    # Every check beyond the log's own adds its findings here; the verdict weighs them all alike.
+    findings = list(verdict.findings) + [_witness_finding(w) for w in witnesses if not w.ok]
+    ok = verdict.passes(strict=strict, findings=findings)
+    _print_verdict(verdict, findings, witnesses, ok=ok, strict=strict, as_json=as_json)
+    if not ok:
+        sys.exit(1)
+
+
+def _witness_finding(witness: WitnessResult) -> Finding:
+    """A witness the database does not agree with (or that could not be read) fails verification."""
+    problem = witness.check.problem if witness.check is not None else None
+    if problem is not None:
+        return Finding(
+            "witness_mismatch",
+            f"{witness.source}: checkpoint {problem.number}: {problem.problem}",
+            fails=True,
+            checkpoint=problem.number,
+        )
+    return Finding("witness_unreadable", f"{witness.source}: {witness.error}", fails=True)
+
+
+def _witness_line(witness: WitnessResult) -> str:
+    if witness.note is not None:
+        return f"witness {witness.source}: {witness.note}"
+    if witness.check is not None and witness.check.problem is None:
+        newest = f", newest {witness.check.newest}" if witness.check.newest is not None else ""
+        return (
+            f"witness {witness.source}: {witness.check.records} checkpoints{newest}, all held by the database"
+        )
+    return f"witness {witness.source}: see FAILED below"
+
+
+def _print_verdict(
+    verdict: LogVerdict,
+    findings: list[Finding],
+    witnesses: list[WitnessResult],
+    *,
+    ok: bool,
+    strict: bool,
+    as_json: bool,
+) -> None:
+    """The verdict as JSON, or as a headline (OK, or the first thing that fails) and one line a finding."""
     report, checkpoints, problem = verdict.chains, verdict.checkpoints, verdict.checkpoint_problem
     brk = report.first_break
+    failing = [f for f in findings if f.fails_when(strict)]
     result: dict[str, Any] = {
-        "ok": verdict.ok,
+        "ok": ok,
+        "strict": strict,
         "chains": report.chains,
         "events": report.events,
         "checkpoints": checkpoints,
+        "requests": verdict.requests,
+        "newest_checkpoint": _newest(verdict),
+        "findings": [f.as_dict() for f in findings],
+        "witnesses": [w.as_json() for w in witnesses],
     }
     if brk is not None:
         result["first_break"] = {"chain_id": brk.chain_id, "seq": brk.seq, "problem": brk.problem}
     if problem is not None:
         result["checkpoint_problem"] = {"number": problem.number, "problem": problem.problem}
     if brk is not None:
-        text = f"BROKEN: chain {brk.chain_id} at event {brk.seq}: {brk.problem}"
+        headline = f"BROKEN: chain {brk.chain_id} at event {brk.seq}: {brk.problem}"
     elif problem is not None:
-        text = f"BROKEN: checkpoint {problem.number}: {problem.problem}"
+        headline = f"BROKEN: checkpoint {problem.number}: {problem.problem}"
+    elif failing:
+        headline = f"BROKEN: {failing[0].message}"
     else:
-        text = f"OK: {report.chains} chains, {report.events} events and {checkpoints} checkpoints verified"
-    print_result(result, as_json, text)
-    if not result["ok"]:
-        sys.exit(1)
+        headline = (
+            f"OK: {report.chains} chains, {report.events} events and {checkpoints} checkpoints verified, "
+            f"{verdict.requests} requests agree with their chains"
+        )
+    lines = [headline]
+    newest = result["newest_checkpoint"]
+    if newest is not None:
+        lines.append(
+            f"newest checkpoint: {newest['number']}, {newest['age_seconds']} s old at {newest['as_of']}"
+        )
+    lines += [_witness_line(w) for w in witnesses]
+    for finding in findings:
+        if finding.fails_when(strict):
+            lines.append(f"FAILED: {finding.message}")
+        else:
+            lines.append(f"WARNING: {finding.message} (fails with --strict)")
+    print_result(result, as_json, "\n".join(lines))
+
+
+def _newest(verdict: LogVerdict) -> dict[str, Any] | None:
+    timeline = verdict.timeline
+    if timeline is None or timeline.newest is None or timeline.newest_age is None:
+        return None
+    return {
+        "number": timeline.newest,
+        "age_seconds": round(timeline.newest_age.total_seconds()),
+        "as_of": timeline.as_of.isoformat(),
+    }
 
 
 @audit.command("checkpoint")
@@ -107,14 +243,32 @@ def audit_verify(exported_file: Path | None, in_process: bool, as_json: bool) ->
 )
 @click.option("--json", "as_json", is_flag=True)
 def audit_checkpoint(export_file: Path | None, as_json: bool) -> None:
-    """Sign everything appended so far into a new checkpoint (if anything is new) and optionally export it."""
+    """Sign everything appended so far into a new checkpoint (a heartbeat if nothing is new); optionally export it.
+
+    The checkpoint goes to the configured witnesses like the scheduler's: the witness file here, the
+    HTTP endpoint and Slack channel through the outbox (sent by the running service)."""
+    from app.witnesses import WitnessFile, remote_witness_kinds
+    from approvals.witnessing import queue_publication
+
+    settings = settings_or_exit()
     key = _key()
+    path = settings.witness_file_path
 
-    async def work(conn: AsyncConnection) -> dict[str, Any] | None:
-        await create_checkpoint(conn, sign=key.sign, key_id=key.key_id, lag=dt.timedelta(0))
-        return await latest_checkpoint(conn)
+    async def work(engine: AsyncEngine) -> dict[str, Any] | None:
+        async with engine.begin() as conn:
+            # An interval of 0: a heartbeat (a checkpoint of no events) when nothing is new, so the
+            # command always signs a checkpoint of now to export.
+            row = await create_checkpoint(
+                conn, sign=key.sign, key_id=key.key_id, lag=dt.timedelta(0), interval=dt.timedelta(0)
+            )
+            if row is not None:
+                await queue_publication(conn, row, remote_witness_kinds(settings))
+            latest = await latest_checkpoint(conn)
+        if path is not None:
+            await WitnessFile(path).catch_up(engine)
+        return latest
 
-    latest = in_transaction(work)
+    latest = with_engine(work)
     if latest is None:
         fail("error: the audit log is empty: nothing to checkpoint", 1)
     document = {**latest, "created_at": latest["created_at"].isoformat(), "public_key": key.public_b64}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +42,12 @@ class Settings(BaseSettings):
     checkpoint_key: SecretStr | None = None  # base64 Ed25519 seed; else the key file below
     checkpoint_key_file: Path = Path("var/checkpoint.key")
     checkpoint_interval_seconds: float = Field(default=300, ge=1, le=86400)
+    # Witnesses: copies of every checkpoint outside the database (see app/witnesses.py). The file is
+    # on by default, beside the key file; "off" (or an empty value) turns it off.
+    checkpoint_witness_file: str | None = None
+    checkpoint_witness_url: str | None = None
+    checkpoint_witness_secret: SecretStr | None = None  # signs the POSTs, as callbacks are signed
+    checkpoint_witness_slack_channel: str | None = None
 
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
@@ -72,6 +81,35 @@ class Settings(BaseSettings):
             raise ValueError("must be the IdP's issuer URL, e.g. https://login.example.com")
         return value
 
+    @field_validator("checkpoint_witness_url")
+    @classmethod
+    def _witness_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("checkpoint_witness_secret")
+    @classmethod
+    def _witness_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The Standard Webhooks form agents' secrets have too; the message never quotes the secret.
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 24:
+            raise ValueError("must be whsec_ followed by at least 24 random bytes in base64")
+        return value
+
+    @field_validator("checkpoint_witness_slack_channel")
+    @classmethod
+    def _witness_channel(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[CG][A-Z0-9]{2,}", value):
+            raise ValueError("must be a Slack channel ID such as C0AUDIT (not a #name)")
+        return value
+
     @field_validator("public_url", "slack_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -94,6 +132,28 @@ class Settings(BaseSettings):
         if self.oidc_client_id and not self.oidc_issuer:
             raise ValueError("APPROVALS_OIDC_ISSUER: required when APPROVALS_OIDC_CLIENT_ID is set")
         return self
+
+    @model_validator(mode="after")
+    def _witness_pairs(self) -> Settings:
+        if self.checkpoint_witness_url and self.checkpoint_witness_secret is None:
+            raise ValueError(
+                "APPROVALS_CHECKPOINT_WITNESS_SECRET: required when APPROVALS_CHECKPOINT_WITNESS_URL is set"
+            )
+        if self.checkpoint_witness_slack_channel and not self.slack_enabled:
+            raise ValueError(
+                "SLACK_BOT_TOKEN: required when APPROVALS_CHECKPOINT_WITNESS_SLACK_CHANNEL is set"
+            )
+        return self
+
+    @property
+    def witness_file_path(self) -> Path | None:
+        """The witness file, or None when the operator turned it off."""
+        value = self.checkpoint_witness_file
+        if value is None:
+            return Path(self.checkpoint_key_file).parent / "checkpoint-witness.jsonl"
+        if value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return Path(value)
 
     @property
     def oidc_enabled(self) -> bool:

@@ -10,9 +10,11 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.bootstrap import Container
+from app.witnesses import remote_witness_kinds
 from approvals.checkpoints import create_checkpoint
 from approvals.reminders import send_due_reminders
 from approvals.requests import expire_due_requests, purge_idempotency_keys
+from approvals.witnessing import queue_publication
 
 log = structlog.get_logger("approvals.scheduler")
 
@@ -69,10 +71,20 @@ async def reminders_job(container: Container) -> int:
 async def checkpoint_job(container: Container) -> int:
     """Sign what the log gained since the last checkpoint (one replica wins; the rest find nothing new)."""
     key = container.checkpoint_key
+    kinds = remote_witness_kinds(container.settings)
     async with container.engine.begin() as conn:
-        row = await create_checkpoint(conn, sign=key.sign, key_id=key.key_id)
+        interval = dt.timedelta(seconds=container.settings.checkpoint_interval_seconds)
+        # A heartbeat when nothing is new: verification reports a gap where checkpoints are missing.
+        row = await create_checkpoint(conn, sign=key.sign, key_id=key.key_id, interval=interval)
+        if row is not None:
+            await queue_publication(conn, row, kinds)
     if row is not None:
         log.info("audit_checkpoint", number=row["number"], events=row["event_count"])
+        if kinds:
+            container.dispatcher.kick(frozenset(kinds))
+    if container.witness_file is not None:
+        # Every tick, not only after our own checkpoint: other replicas write them too.
+        await container.witness_file.catch_up(container.engine)
     return 0 if row is None else 1
 
 

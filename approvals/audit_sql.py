@@ -113,6 +113,13 @@ _SESSION_SETTINGS = (
 )
 
 
+async def use_parallel_workers(conn: AsyncConnection) -> None:
+    """_SESSION_SETTINGS for the rest of this transaction (PostgreSQL only): for statements that
+    read the whole log, so that they read and hash (or aggregate) it in parallel workers."""
+    for setting in _SESSION_SETTINGS:
+        await conn.execute(text(setting))
+
+
 @dataclass
 class ChainFindings:
     """What the database found: totals, and per chain with a finding, its details."""
@@ -134,8 +141,7 @@ async def chain_findings(
     sealed here (a log written in an older JSON layout) or more than `most_chains` chains have a
     finding (a log tampered with wholesale): the caller then verifies in Python, which needs no list
     of everything that is wrong to name the first."""
-    for setting in _SESSION_SETTINGS:
-        await conn.execute(text(setting))
+    await use_parallel_workers(conn)
     found = ChainFindings()
     # Read at once, not through a server-side cursor: PostgreSQL runs no parallel workers for those.
     rows = await conn.execute(_CHAIN_FINDINGS, {"genesis": genesis, "most": most_chains + 2})

@@ -36,6 +36,10 @@ from approvals.tables import audit_checkpoints, audit_events, audit_purged_event
 # a lower id than one already committed, and must not be skipped for ever.
 DEFAULT_LAG = dt.timedelta(seconds=30)
 CHECKPOINT_LOCK_ID = 0x41434B50
+# A heartbeat is written when the newest checkpoint is at least this share of an interval old: a
+# replica's tick then always finds one due within 1.75 intervals of the last, under the two intervals
+# verification reports as a gap, while replicas ticking out of step do not write one each.
+HEARTBEAT_SHARE = 0.75
 # DESIGN section 6: retention is at least 365 days. Verification holds every purge record to it too,
 # so even a purge run with a bad setting (or a forged one) cannot pass for a legitimate one.
 MIN_RETENTION = dt.timedelta(days=365)
@@ -180,16 +184,24 @@ def _one_pass(rows: list[dict[str, Any]]) -> bool:
 
 
 async def create_checkpoint(
-    conn: AsyncConnection, *, sign: Signer, key_id: str, lag: dt.timedelta = DEFAULT_LAG
+    conn: AsyncConnection,
+    *,
+    sign: Signer,
+    key_id: str,
+    lag: dt.timedelta = DEFAULT_LAG,
+    interval: dt.timedelta | None = None,
 ) -> dict[str, Any] | None:
-    """Sign everything appended since the last checkpoint (older than `lag`); None when nothing is new."""
+    """Sign everything appended since the last checkpoint (older than `lag`).
+
+    With nothing new: None, unless an `interval` is given and the newest checkpoint is at least
+    HEARTBEAT_SHARE of it old; then a heartbeat, a checkpoint of no events (its running hash is still
+    the scheme's: SHA-256 over the previous one). Heartbeats make time visible: a log rolled back to an
+    older checkpoint then shows a gap where the removed ones stood (see checkpoint_gaps). An interval
+    of 0 always writes one.
+    """
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHECKPOINT_LOCK_ID})
-    previous = (
-        (await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.number.desc()).limit(1)))
-        .mappings()
-        .first()
-    )
+    previous = await latest_checkpoint(conn)
     after_id = int(previous["last_event_id"]) if previous else 0
     now = await db_now(conn)
     last_id = (
@@ -199,15 +211,16 @@ async def create_checkpoint(
             )
         )
     ).scalar()
-    if last_id is None:
+    if last_id is None and not _heartbeat_due(previous, now, interval):
         return None
+    last_id = after_id if last_id is None else int(last_id)
     start = previous["running_hash"] if previous else GENESIS_HASH
-    running, count = await _running_hash(conn, start, after_id, int(last_id))
+    running, count = await _running_hash(conn, start, after_id, last_id)
     row: dict[str, Any] = {
         "number": (int(previous["number"]) + 1) if previous else 1,
         "created_at": now,
         "first_event_id": after_id,
-        "last_event_id": int(last_id),
+        "last_event_id": last_id,
         "event_count": count,
         "total_events": (int(previous["total_events"]) if previous else 0) + count,
         "running_hash": running,
@@ -217,6 +230,15 @@ async def create_checkpoint(
     row["signature"] = sign(checkpoint_body(row))
     await conn.execute(audit_checkpoints.insert(), row)
     return row
+
+
+def _heartbeat_due(previous: dict[str, Any] | None, now: dt.datetime, interval: dt.timedelta | None) -> bool:
+    """Whether an empty checkpoint is owed. Every replica runs the job each interval (taking turns on
+    the lock): one finding a checkpoint younger than most of an interval leaves it to the one that
+    wrote it, so there is about one heartbeat per interval however many replicas run."""
+    if interval is None:
+        return False
+    return previous is None or now - previous["created_at"] >= interval * HEARTBEAT_SHARE
 
 
 @dataclass(frozen=True)
@@ -471,3 +493,58 @@ async def _check_purged_events(conn: AsyncConnection, purge: dict[str, Any]) -> 
         if sorted(numbers) != list(range(1, len(numbers) + 1)):
             return f"chain {chain_id} was not purged whole"
     return None
+
+
+# How many gaps verification names; beyond that it counts them.
+MOST_GAPS_NAMED = 20
+
+
+@dataclass(frozen=True)
+class CheckpointGap:
+    """A stretch longer than allowed without a checkpoint: after checkpoint `after` (None: no
+    checkpoint at all) until checkpoint `until` (None: until the time verification looks from)."""
+
+    after: int | None
+    until: int | None
+    length: dt.timedelta
+
+
+@dataclass(frozen=True)
+class CheckpointTimeline:
+    """When checkpoints were signed, as seen from `as_of`: the newest one's age and every gap."""
+
+    as_of: dt.datetime
+    newest: int | None
+    newest_age: dt.timedelta | None
+    gaps: list[CheckpointGap]
+    more_gaps: int  # gaps beyond MOST_GAPS_NAMED, counted, not listed
+
+
+async def checkpoint_timeline(
+    conn: AsyncConnection, *, longest: dt.timedelta, as_of: dt.datetime | None = None
+) -> CheckpointTimeline:
+    """Every stretch longer than `longest` between consecutive checkpoints, and from the newest to
+    `as_of` (default: the database's clock now). With heartbeats (create_checkpoint's interval) the
+    service leaves none while it runs; a gap is a time it was down, or checkpoints removed."""
+    when = as_of if as_of is not None else await db_now(conn)
+    gaps: list[CheckpointGap] = []
+    more = 0
+    previous: tuple[int, dt.datetime] | None = None
+    result = await conn.stream(
+        select(audit_checkpoints.c.number, audit_checkpoints.c.created_at)
+        .order_by(audit_checkpoints.c.number)
+        .execution_options(yield_per=10_000)
+    )
+    async for number, created_at in result:
+        if previous is not None and created_at - previous[1] > longest:
+            if len(gaps) < MOST_GAPS_NAMED:
+                gaps.append(CheckpointGap(previous[0], int(number), created_at - previous[1]))
+            else:
+                more += 1
+        previous = (int(number), created_at)
+    if previous is None:
+        return CheckpointTimeline(when, None, None, [], 0)
+    age = when - previous[1]
+    if age > longest:
+        gaps.append(CheckpointGap(previous[0], None, age))  # always named: it is the one that matters
+    return CheckpointTimeline(when, previous[0], age, gaps, more)

@@ -180,6 +180,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "callback_allow_hosts": [],
         "auto_migrate": False,
         "checkpoint_key": TEST_CHECKPOINT_KEY,
+        # Tests share the working directory: a witness file is only written where a test asks for one.
+        "checkpoint_witness_file": "off",
     }
     values.update(overrides)
     return Settings(**values)
@@ -295,7 +297,9 @@ def head_revision() -> str:
     return head
 
 
-async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+async def run_cli(
+    database_url: str, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, without blocking the event loop the service under test runs on
     (a blocking run would deadlock SQLite against the service's open transaction)."""
     env = {
@@ -303,6 +307,8 @@ async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[
         "APPROVALS_DATABASE_URL": database_url,
         "APPROVALS_AUTO_MIGRATE": "false",
         "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
+        "APPROVALS_CHECKPOINT_WITNESS_FILE": "off",
+        **(extra_env or {}),
     }
     env.pop("APPROVALS_RETENTION_DAYS", None)  # the default, 400 days
     proc = await asyncio.create_subprocess_exec(
@@ -337,12 +343,14 @@ PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 def clean_environment() -> dict[str, str]:
-    """This process's environment for an `approvals serve` subprocess: no proxies, no settings of ours."""
-    return {
+    """This process's environment for an `approvals serve` subprocess: no proxies, no settings of ours
+    but one: no witness file (tests share the working directory, where the default one would be)."""
+    env = {
         k: v
         for k, v in os.environ.items()
         if k.lower() not in PROXY_VARIABLES and not k.startswith(("APPROVALS_", "SLACK_"))
     }
+    return env | {"APPROVALS_CHECKPOINT_WITNESS_FILE": "off"}
 
 
 async def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -257,11 +257,13 @@ async def test_a_swapped_checkpoint_differs_from_the_exported_one(
     ids = await _seed(api)
     exported = tmp_path / "checkpoint.json"
     assert (await run_cli(database_url, "audit", "checkpoint", "--export", str(exported))).returncode == 0
-    # Someone with the database and the key rewrites history and re-signs it from scratch.
+    # Someone with the database and the key rewrites history and re-signs it from scratch (the
+    # request row goes too: verify compares every request row with its chain).
     async with api.container.engine.begin() as conn:
         await _superuser(conn)
         await conn.execute(text("DELETE FROM audit_events WHERE chain_id = :c"), {"c": ids["denied"]})
         await conn.execute(text("DELETE FROM chain_heads WHERE chain_id = :c"), {"c": ids["denied"]})
+        await conn.execute(text("DELETE FROM requests WHERE id = :c"), {"c": ids["denied"]})
         await conn.execute(text("DELETE FROM audit_checkpoints"))
     await run_cli(database_url, "audit", "checkpoint")
     assert (await run_cli(database_url, "audit", "verify")).returncode == 0  # internally consistent again
