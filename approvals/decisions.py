@@ -21,11 +21,21 @@ from approvals.audit import append_event
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
 from approvals.errors import NotFound
 from approvals.outbox import SLACK_UPDATE, enqueue
+from approvals.principals import is_requester, stored_requester
 from approvals.requests import finalise
 from approvals.tables import decisions, requests
 
 Choice = Literal["approve", "reject"]
-RefusalReason = Literal["not_approver", "self_approval", "not_pending", "already_decided", "mfa_unavailable"]
+RefusalReason = Literal[
+    "not_approver",
+    "self_approval",
+    "not_pending",
+    "already_decided",
+    "mfa_unavailable",
+    # Slack could not tell who clicked: it knows no such user, or kept failing to answer.
+    "unknown_user",
+    "identity_unavailable",
+]
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,21 @@ def authorised_as(clicker: Clicker, rule: dict[str, Any] | None) -> dict[str, An
     return {"user": clicker.user_id in users, "usergroups": list(clicker.approver_groups)}
 
 
-def _is_self(click: Click, on_behalf_of: str) -> bool:
-    principal = on_behalf_of.strip().casefold()
-    return bool(principal) and principal in {
-        (click.clicker.email or "").strip().casefold(),
-        click.clicker.user_id.casefold(),
-    }
+def _is_self(click: Click, request: Any) -> bool:
+    """Whether the clicker is the request's requester: identities compared, never free text.
+
+    The clicker's Slack user ID against the requester's, and Slack's email for them against the
+    requester's mailbox, both normalised by approvals.principals.
+    """
+    requester = stored_requester(request.on_behalf_of, request.requester_email, request.requester_slack_id)
+    if requester is None:
+        # Free text from before migration 0011 that holds no identity: compared as it was then.
+        principal = request.on_behalf_of.strip().casefold()
+        return bool(principal) and principal in {
+            (click.clicker.email or "").strip().casefold(),
+            click.clicker.user_id.casefold(),
+        }
+    return is_requester(requester, user_id=click.clicker.user_id, email=click.clicker.email)
 
 
 async def lock_request(conn: AsyncConnection, request_id: str) -> Any:
@@ -135,7 +154,7 @@ async def check_click(conn: AsyncConnection, click: Click, request: Any) -> Refu
         refusal = "already_decided"
     elif click.clicker.user_id not in users and not click.clicker.approver_groups:
         refusal = "not_approver"
-    elif _is_self(click, request.on_behalf_of) and not (request.policy_rule or {}).get("allow_self_approval"):
+    elif _is_self(click, request) and not (request.policy_rule or {}).get("allow_self_approval"):
         refusal = "self_approval"
     if refusal is None:
         return None

@@ -1,4 +1,9 @@
-"""The click inbox: an interaction is stored before Slack is acknowledged, then decided exactly once."""
+"""The click inbox: an interaction is stored before Slack is acknowledged, then decided exactly once.
+
+A click whose clicker could not be resolved is tried again later: each failed attempt is counted on
+the row with the time of the next one (`next_attempt_at`), so the schedule holds across restarts and
+replicas, and the stranded-click sweep leaves the click alone until then.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -101,18 +106,33 @@ async def finish_click(conn: AsyncConnection, click_id: int) -> None:
     )
 
 
-async def count_attempt(conn: AsyncConnection, click_id: int) -> None:
-    await conn.execute(
-        update(slack_clicks).where(slack_clicks.c.id == click_id).values(attempts=slack_clicks.c.attempts + 1)
+async def count_attempt(conn: AsyncConnection, click_id: int, *, seen: int, retry_in: dt.timedelta) -> bool:
+    """Count one failed attempt and put the next one `retry_in` from now; False when the click is done
+    or another process counted an attempt since this one read `seen` (then that one decides its fate)."""
+    now = await db_now(conn)
+    counted = await conn.execute(
+        update(slack_clicks)
+        .where(
+            slack_clicks.c.id == click_id,
+            slack_clicks.c.status == "pending",
+            slack_clicks.c.attempts == seen,
+        )
+        .values(attempts=seen + 1, next_attempt_at=now + retry_in)
     )
+    return counted.rowcount == 1
 
 
 async def stranded_clicks(conn: AsyncConnection, *, older_than: dt.timedelta, limit: int = 100) -> list[int]:
-    """Clicks stored but not decided for a while: their process died after the ack."""
+    """Clicks stored but not decided for a while (their process died after the ack, or Slack could not
+    say who clicked), and not waiting for a later attempt."""
     now = await db_now(conn)
     rows = await conn.execute(
         select(slack_clicks.c.id)
-        .where(slack_clicks.c.status == "pending", slack_clicks.c.created_at <= now - older_than)
+        .where(
+            slack_clicks.c.status == "pending",
+            slack_clicks.c.created_at <= now - older_than,
+            or_(slack_clicks.c.next_attempt_at.is_(None), slack_clicks.c.next_attempt_at <= now),
+        )
         # Fewest attempts first: clicks that keep failing (Slack down for them) never hide the others.
         .order_by(slack_clicks.c.attempts, slack_clicks.c.id)
         .limit(limit)

@@ -157,6 +157,9 @@ class Rule(_Model):
     approvers: Approvers = Field(default_factory=Approvers, validate_default=True)
     required_approvals: Annotated[int, Field(strict=True, ge=1, le=20)] = 1
     allow_self_approval: StrictBool = False
+    # True refuses, at intake, a request whose requester is not a Slack user (an email Slack does not
+    # know, or Slack off): the self-approval check then always has a Slack ID to compare.
+    requester_must_resolve: StrictBool = False
     mfa: MfaRule = Field(default_factory=MfaRule)
     channel: ChannelId | None = None
     dm_approvers: StrictBool = Field(default=False, validate_default=True)

@@ -18,8 +18,9 @@ FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
 VIEW_COLUMNS = tuple(
     requests.c[name]
     for name in (
-        "id status action title summary params on_behalf_of links callback_url policy_name "
-        "policy_version_id required_approvals decided_by reason created_at expires_at decided_at "
+        "id status action title summary params on_behalf_of requester_email requester_slack_id links "
+        "callback_url policy_name policy_version_id required_approvals decided_by reason created_at "
+        "expires_at decided_at "
         "outcome_status outcome_detail outcome_external_ref outcome_at delivery_error"
     ).split()
 )
@@ -49,6 +50,8 @@ def render_request(
         "summary": row.summary,
         "params": row.params,
         "on_behalf_of": row.on_behalf_of,
+        # Empty for a request stored before requesters were identities (migration 0011).
+        "requester": {"email": row.requester_email, "slack_user_id": row.requester_slack_id},
         "links": row.links,
         "callback_url": row.callback_url,
         "policy": {"name": row.policy_name, "version": row.policy_version_id},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +16,7 @@ from approvals.agents import Principal, agent_chain
 from approvals.audit import NewEvent, append_event, canonical_json, chain_rows
 from approvals.audit_batches import append_to_chains
 from approvals.db import db_now, insert_ignoring_conflict, is_postgres
-from approvals.errors import Conflict, DomainError, Forbidden, NotFound
+from approvals.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from approvals.intake_sql import EXPIRES_AT, fill_expiry, insert_new_request
 from approvals.keys import new_id
 from approvals.outbox import (
@@ -29,8 +29,9 @@ from approvals.outbox import (
     outbox_row,
     outbox_values,
 )
-from approvals.policies import evaluate
+from approvals.policies import Rule, evaluate
 from approvals.policy_versions import ActivePolicies
+from approvals.principals import NotAPrincipal, Requester, parse_requester
 from approvals.reminders import first_reminder
 from approvals.request_views import load_request_view, render_request
 from approvals.tables import audit_events, chain_heads, idempotency_keys, outbox, requests
@@ -57,6 +58,21 @@ class NewRequest:
     links: list[str] = field(default_factory=list)
     callback_url: str | None = None
     expires_in: int | None = None
+    # Who on_behalf_of is, resolved to a Slack user by the adapter where it can; None: parsed here.
+    # Not part of what the agent asked for, so not in payload_sha256.
+    requester: Requester | None = None
+
+    def identity(self) -> Requester:
+        """The requester as an identity; InvalidInput for text that names nobody."""
+        if self.requester is not None:
+            return self.requester
+        try:
+            return parse_requester(self.on_behalf_of)
+        except NotAPrincipal as error:
+            raise InvalidInput("invalid_field", f"on_behalf_of: {error}", "on_behalf_of") from None
+
+    def with_requester(self, requester: Requester) -> NewRequest:
+        return replace(self, requester=requester)
 
     def payload_sha256(self) -> str:
         """A hash of exactly what the agent asked for, kept in the chain."""
@@ -154,6 +170,8 @@ async def create_request(
 
     evaluation = evaluate(policies.policy_set, new.action)
     rule = evaluation.rule
+    requester = new.identity()
+    _check_resolved(rule, requester, new.on_behalf_of)
     max_lifetime = rule.expires_in if rule is not None else DEFAULT_LIFETIME_SECONDS
     lifetime = min(new.expires_in or max_lifetime, max_lifetime)
     status = {"allow": "approved", "deny": "rejected", "require_approval": "pending"}[evaluation.decision]
@@ -168,6 +186,8 @@ async def create_request(
         "params": new.params,
         "payload_sha256": payload_sha256,
         "on_behalf_of": new.on_behalf_of,
+        "requester_email": requester.mailbox,
+        "requester_slack_id": requester.slack_user_id,
         "links": new.links,
         "callback_url": new.callback_url,
         "status": status,
@@ -187,6 +207,7 @@ async def create_request(
                 "agent": principal.agent_name,
                 "action": new.action,
                 "on_behalf_of": new.on_behalf_of,
+                "requester": requester.audit_data(),
                 "payload_sha256": payload_sha256,
                 "callback_url": new.callback_url,
                 "expires_in_requested": new.expires_in,
@@ -257,6 +278,23 @@ async def create_request(
             .values(request_id=request_id, response_status=201, response_body=view)
         )
     return Created(201, view, enqueued=frozenset(kind for kind, _, _ in deliveries))
+
+
+def _check_resolved(rule: Rule | None, requester: Requester, on_behalf_of: str) -> None:
+    """Refuse, before anything is written, a requester the rule needs as a Slack user and who is not."""
+    if rule is None or not rule.requester_must_resolve or requester.resolved:
+        return
+    why = {
+        "not_found": "Slack has no user with this email",
+        "unavailable": "Slack could not be asked",
+    }.get(requester.resolution, "Slack is not configured to look it up")
+    raise InvalidInput(
+        "requester_unresolved",
+        f"on_behalf_of {on_behalf_of!r} is not a Slack user ({why}), and policy rule "
+        f"{rule.display_name!r} requires one (requester_must_resolve): send the requester's Slack "
+        "email or user ID",
+        "on_behalf_of",
+    )
 
 
 async def _insert_rows(

@@ -1,9 +1,10 @@
 """MFA step-up: a click held as a single-use intent until the approver proves a fresh login at the IdP.
 
 The adapter runs the OpenID Connect flow and verifies the ID token; this module owns everything that
-is stored: the intent's life (pending -> started -> verifying -> decided | failed), the binding of a
-Slack user to one IdP identity, the freshness window, and the decision with its MFA evidence. Each
-function runs inside the caller's transaction and audits what it changes.
+is stored: the intent's life (pending -> started -> verifying -> decided | failed, and verifying ->
+pending again when the IdP could not be reached), the binding of a Slack user to one IdP identity,
+the freshness window, and the decision with its MFA evidence. Each function runs inside the caller's
+transaction and audits what it changes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from approvals.tables import identity_links, requests, step_up_intents, step_ups
 INTENT_LIFETIME = dt.timedelta(minutes=10)
 # Clock skew we forgive between the IdP and us when judging auth_time against max_age.
 AUTH_TIME_LEEWAY = dt.timedelta(seconds=30)
+# How far ahead of ours the IdP's clock may run: an ID token's iat/exp, and an auth_time, are judged
+# with it. A login "in the future" beyond it is refused, or it would stretch the reuse window.
+IDP_CLOCK_SKEW = dt.timedelta(seconds=60)
 # Chain for step-up failures that cannot be tied to a request (an unknown or forged state).
 STEP_UP_CHAIN = "step_up"
 
@@ -56,6 +60,9 @@ FailureReason = Literal[
     "not_approver",
     "self_approval",
     "mfa_unavailable",
+    # Click refusals that come before any step-up; listed so every refusal reason is a failure reason.
+    "unknown_user",
+    "identity_unavailable",
 ]
 
 
@@ -88,7 +95,10 @@ class MfaRequirement:
         return bool(set(amr) & set(self.amr)) or (acr is not None and acr in self.acr)
 
     def fresh(self, auth_time: dt.datetime, now: dt.datetime) -> bool:
-        """The login happened within max_age of now (with a little clock-skew leeway)."""
+        """The login happened within max_age of now (with a little clock-skew leeway), and not later
+        than the IdP's clock skew allows: a step-up stored with a future auth_time never counts."""
+        if auth_time > now + IDP_CLOCK_SKEW:
+            return False
         return now - auth_time <= dt.timedelta(seconds=self.max_age) + AUTH_TIME_LEEWAY
 
 
@@ -276,6 +286,27 @@ async def fail_step_up(
     return await _fail(conn, row, reason, detail)
 
 
+async def release_step_up(conn: AsyncConnection, intent_id: str, detail: str) -> StepUpFailure:
+    """The IdP could not be reached during the callback: nothing was verified, so the intent goes back
+    to pending and the same step-up link works again. State, nonce and PKCE verifier are dropped: the
+    callback that failed cannot be replayed, only a new sign-in from the link counts.
+
+    Only the callback that claimed the intent (status `verifying`) may release it.
+    """
+    row = await _lock_intent(conn, step_up_intents.c.id == intent_id)
+    if row is None:
+        return StepUpFailure("unknown_intent", "no such sign-in link")
+    if row.status != "verifying":
+        return StepUpFailure("replayed", "this sign-in was already used", row.request_id)
+    await conn.execute(
+        update(step_up_intents)
+        .where(step_up_intents.c.id == row.id)
+        .values(status="pending", state=None, nonce=None, code_verifier=None)
+    )
+    await _audit_failure(conn, row, "idp_unreachable", detail, retryable=True)
+    return StepUpFailure("idp_unreachable", detail, row.request_id)
+
+
 async def complete_step_up(
     conn: AsyncConnection, intent_id: str, login: VerifiedLogin
 ) -> Recorded | Duplicate | StepUpFailure:
@@ -429,13 +460,23 @@ async def _fail(
     return StepUpFailure(reason, detail, row.request_id)
 
 
-async def _audit_failure(conn: AsyncConnection, row: Any, reason: FailureReason, detail: str) -> None:
+async def _audit_failure(
+    conn: AsyncConnection, row: Any, reason: FailureReason, detail: str, *, retryable: bool = False
+) -> None:
+    data: dict[str, Any] = {
+        "user_id": row.approver_id,
+        "choice": row.decision,
+        "reason": reason,
+        "detail": detail,
+    }
+    if retryable:  # the intent is still usable: an auditor should not read this as the end of it
+        data["retryable"] = True
     await append_event(
         conn,
         chain_id=row.request_id,
         kind="step_up_failed",
         actor=f"slack:{row.approver_id}",
-        data={"user_id": row.approver_id, "choice": row.decision, "reason": reason, "detail": detail},
+        data=data,
     )
 
 
@@ -522,5 +563,5 @@ async def note_step_up_problem(
     row = (await conn.execute(select(step_up_intents).where(step_up_intents.c.id == intent_id))).first()
     if row is None:
         return StepUpFailure("unknown_intent", "no such sign-in link")
-    await _audit_failure(conn, row, reason, detail)
+    await _audit_failure(conn, row, reason, detail, retryable=True)
     return StepUpFailure(reason, detail, row.request_id)

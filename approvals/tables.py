@@ -105,6 +105,10 @@ requests = Table(
     # When the reminder sweep next has work for this request (its next `remind_at` point); None once
     # it has none. Set when the request is created, moved on by each sweep that visits it.
     Column("next_reminder_at", UTCDateTime),
+    # Who the requester is (migration 0011; both empty on older rows): the normalised mailbox of an
+    # email `on_behalf_of`, and the Slack user it resolved to at intake or the ID the agent gave.
+    Column("requester_email", String(320)),
+    Column("requester_slack_id", String(40)),
     Index("ix_requests_status_expires_at", "status", "expires_at"),
     Index("ix_requests_agent_id_created_at", "agent_id", "created_at"),
     Index(
@@ -217,6 +221,8 @@ slack_clicks = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("processed_at", UTCDateTime),
+    # When a click whose clicker Slack could not resolve is tried again (backing off); NULL: due now.
+    Column("next_attempt_at", UTCDateTime),
     Index("ix_slack_clicks_status_id", "status", "id"),
 )
 

@@ -64,7 +64,8 @@ class FakeSlack:
         # edits them in place and conversations.history reads them.
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self._last_ts = 0.0
-        # Tests fill these: users.info answers from `users`, usergroups.users.list from `usergroups`.
+        # Tests fill these: users.info and users.lookupByEmail answer from `users`,
+        # usergroups.users.list from `usergroups`.
         self.users: dict[str, dict[str, str]] = {}
         self.usergroups: dict[str, list[str]] = {}
         self.calls: list[Call] = []
@@ -219,6 +220,7 @@ class FakeSlack:
             "views.open": self._view,
             "views.publish": self._view,
             "users.info": self._user_info,
+            "users.lookupByEmail": self._user_by_email,
             "usergroups.users.list": self._usergroup_members,
             "conversations.open": self._open_dm,
             "conversations.history": self._history,
@@ -304,6 +306,14 @@ class FakeSlack:
                 "profile": profile,
             },
         }
+
+    def _user_by_email(self, params: dict[str, Any]) -> dict[str, Any]:
+        """users.lookupByEmail: the user whose email this is, letter case aside (as Slack matches)."""
+        email = str(params.get("email") or "").casefold()
+        for user_id, user in self.users.items():
+            if email and str(user.get("email") or "").casefold() == email:
+                return self._user_info({"user": user_id})
+        return {"ok": False, "error": "users_not_found"}
 
     def _usergroup_members(self, params: dict[str, Any]) -> dict[str, Any]:
         members = self.usergroups.get(str(params.get("usergroup") or ""))

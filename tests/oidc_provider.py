@@ -4,6 +4,8 @@ It implements what a relying party meets: discovery, JWKS, the authorization end
 headlessly: the "browser" follows its redirect), and the token endpoint with PKCE (S256), single-use
 codes and client_secret_basic. `next_login` says who signs in and how; `token_mode` crafts the
 hostile tokens of the negative cases (`alg: none`, HS256 keyed with the public key, an unknown key).
+Outages: `down` (every endpoint answers 503), `token_status` (only the token endpoint answers that
+status, the code unused), and `stop_listening()` / `listen_again()` (connections refused meanwhile).
 """
 
 from __future__ import annotations
@@ -65,26 +67,41 @@ class TestIdP:
         self.token_mode: TokenMode = "rs256"
         self.claim_overrides: dict[str, Any] = {}
         self.down = False
+        self.token_status: int | None = None
         self.authorizations: list[Authorization] = []
         self.token_calls = 0
         self.jwks_calls = 0
         self._codes: dict[str, dict[str, Any]] = {}
         self._used_codes: set[str] = set()
+        self._server = TestServer(self._app())
+        self._port: int | None = None
+        self.issuer = ""
+
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)
         app.router.add_get("/authorize", self._authorize)
         app.router.add_post("/token", self._token)
-        self._server = TestServer(app)
-        self.issuer = ""
+        return app
 
     async def __aenter__(self) -> TestIdP:
         await self._server.start_server()
         self.issuer = str(self._server.make_url("")).rstrip("/")
+        self._port = self._server.port
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._server.close()
+
+    async def stop_listening(self) -> None:
+        """The IdP goes away: connections to it are refused until `listen_again()`."""
+        await self._server.close()
+
+    async def listen_again(self) -> None:
+        """Back on the same address (the issuer is unchanged), codes and keys as they were."""
+        self._server = TestServer(self._app(), port=self._port)
+        await self._server.start_server()
 
     def _unavailable(self) -> web.Response | None:
         return web.Response(status=503, text="down for maintenance") if self.down else None
@@ -132,6 +149,8 @@ class TestIdP:
     async def _token(self, request: web.Request) -> web.Response:
         if (down := self._unavailable()) is not None:
             return down
+        if self.token_status is not None:
+            return web.Response(status=self.token_status, text="token service unavailable")
         self.token_calls += 1
         form = await request.post()
         expected_auth = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
+import aiohttp
+import structlog
 from aiohttp import web
+from slack_sdk.errors import SlackClientError
 
+from app.bootstrap import Container
 from app.database import connection_for
 from app.http.auth import principal_for
 from app.http.body import read_json_object
@@ -15,6 +21,8 @@ from app.http.schemas import CreateRequestBody, OutcomeBody, parse_body
 from app.ssrf import check_callback_url
 from approvals.agents import Principal
 from approvals.errors import DomainError, InvalidInput
+from approvals.policies import evaluate
+from approvals.principals import Requester
 from approvals.request_views import FINAL_STATUSES
 from approvals.requests import (
     Created,
@@ -32,6 +40,10 @@ from approvals.requests import (
 MAX_WAIT_SECONDS = 60
 # Long-pollers re-read at least this often, to see changes made by other replicas.
 POLL_INTERVAL_SECONDS = 1.0
+# How long intake waits for Slack to say who a requester is; past it, the requester stays unresolved.
+REQUESTER_LOOKUP_SECONDS = 3.0
+
+log = structlog.get_logger("approvals.http")
 
 
 async def _agent(request: web.Request) -> Principal:
@@ -63,6 +75,7 @@ async def post_request(request: web.Request) -> web.Response:
     if body.callback_url is not None:
         await check_callback_url(body.callback_url, container.allow_list)
     new = NewRequest(**body.model_dump())
+    requester: Requester | None = None
     # A concurrent holder of the same key may roll back; then this caller gets to create it.
     for _attempt in range(5):
         if key is not None:
@@ -70,6 +83,9 @@ async def post_request(request: web.Request) -> web.Response:
                 replay = await replay_idempotent(conn, principal=principal, new=new, idempotency_key=key)
             if replay is not None:
                 return _idempotent_answer(replay)
+        if requester is None:  # after the replay check: a replayed answer needs no Slack
+            requester = await _resolve_requester(container, principal, new)
+            new = new.with_requester(requester)
         one = is_one_statement(container.interactive.dialect.name, principal, new, key)
         async with connection_for(
             container.interactive, container.single_statements, one_statement=one
@@ -90,6 +106,36 @@ async def post_request(request: web.Request) -> web.Response:
         "another request with this Idempotency-Key is in flight",
         "Idempotency-Key",
     )
+
+
+async def _resolve_requester(container: Container, principal: Principal, new: NewRequest) -> Requester:
+    """The requester as an identity, resolved to a Slack user (users.lookupByEmail) when Slack is on
+    and someone will be asked to approve or the rule needs it. Slack failing leaves it unresolved,
+    which only a rule with `requester_must_resolve` refuses (503 here: retrying may succeed)."""
+    requester = new.identity()
+    rule = evaluate(container.policies.policy_set, new.action).rule
+    wanted = rule is not None and (rule.decision == "require_approval" or rule.requester_must_resolve)
+    if container.slack is None or requester.resolved or not wanted or not principal.may_request(new.action):
+        return requester
+    directory = container.slack.directory
+    try:
+        async with asyncio.timeout(REQUESTER_LOOKUP_SECONDS):
+            for address in requester.lookup_addresses():
+                user = await directory.user_by_email(address)
+                if user is not None and user.get("id"):
+                    return replace(requester, slack_user_id=str(user["id"]), resolution="resolved")
+    except (SlackClientError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("requester_lookup_failed", error=type(exc).__name__)
+        if rule is not None and rule.requester_must_resolve:
+            raise HttpError(
+                503,
+                "slack_unavailable",
+                "Slack could not be asked who on_behalf_of is, and this action's policy rule requires "
+                "a Slack user (requester_must_resolve); nothing was created, retry shortly",
+                "on_behalf_of",
+            ) from None
+        return replace(requester, resolution="unavailable")
+    return replace(requester, resolution="not_found")
 
 
 def _idempotent_answer(replay: Created | DomainError) -> web.Response:

@@ -32,7 +32,22 @@ REQUEST_SCHEMA = {
         "title": {"type": "string"},
         "summary": {"type": "string"},
         "params": {"type": "object"},
-        "on_behalf_of": {"type": "string"},
+        "on_behalf_of": {"type": "string", "description": "as the agent sent it"},
+        "requester": {
+            "type": "object",
+            "description": "who on_behalf_of is, as the self-approval check compares it",
+            "required": ["email", "slack_user_id"],
+            "properties": {
+                "email": {
+                    "type": ["string", "null"],
+                    "description": "the mailbox: NFKC, casefolded, without a +tag (null for a Slack ID)",
+                },
+                "slack_user_id": {
+                    "type": ["string", "null"],
+                    "description": "the Slack user given, or resolved from the email at intake (null: not found)",
+                },
+            },
+        },
         "links": {"type": "array", "items": {"type": "string"}},
         "callback_url": {"type": ["string", "null"]},
         "policy": {

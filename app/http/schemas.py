@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from approvals.errors import InvalidInput
+from approvals.principals import parse_requester
 
 MAX_PARAMS_DEPTH = 32
 MAX_LIFETIME_SECONDS = 366 * 24 * 3600
@@ -38,6 +39,27 @@ def check_http_url(value: str) -> str:
 Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_http_url)]
 
 
+def check_requester(value: str) -> str:
+    """An email address or a Slack user ID (approvals.principals says which forms and why)."""
+    parse_requester(value)
+    return value
+
+
+RequesterText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=320,
+        description=(
+            "Who the action is for: an email address (name@example.com; no display name, mailto: or "
+            "invisible characters) or a Slack user ID (U01ABCDEF). That person may not approve it: "
+            "case, full-width letters and a +tag sub-address make no difference."
+        ),
+    ),
+    AfterValidator(check_requester),
+]
+
+
 class CreateRequestBody(BaseModel):
     """POST /v1/requests."""
 
@@ -47,7 +69,7 @@ class CreateRequestBody(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     summary: str = Field(default="", max_length=4000)
     params: dict[str, Any] = Field(default_factory=dict)
-    on_behalf_of: str = Field(min_length=1, max_length=320)
+    on_behalf_of: RequesterText
     links: list[Url] = Field(default_factory=list, max_length=20)
     callback_url: Url | None = None
     expires_in: int | None = Field(default=None, gt=0, le=MAX_LIFETIME_SECONDS)

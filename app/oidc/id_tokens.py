@@ -4,24 +4,26 @@ What is checked, in order (OIDC Core 3.1.3.7, RFC 9470): an asymmetric algorithm
 (never `none`, never HMAC: an HS256 token "signed" with the IdP's public key is refused before any key
 is touched); a key the IdP publishes; the signature; `iss` exactly; `aud` contains our client id and,
 when there are several audiences, `azp` is us; `exp` and `iat` with a small leeway; the `nonce` we
-sent; `auth_time` present and within the policy's `max_age`; `amr`/`acr` meeting the policy.
+sent; `auth_time` present, a real instant, not later than that same leeway allows, and within the
+policy's `max_age`; `amr`/`acr` meeting the policy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
+import math
 from typing import Any
 
 import jwt
 
 from app.oidc.provider import OidcProvider
-from approvals.step_up import FailureReason, MfaRequirement, VerifiedLogin
+from approvals.step_up import IDP_CLOCK_SKEW, FailureReason, MfaRequirement, VerifiedLogin
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-EXP_LEEWAY_SECONDS = 60
+EXP_LEEWAY_SECONDS = int(IDP_CLOCK_SKEW.total_seconds())
 
 
 class TokenRejected(Exception):
@@ -85,10 +87,7 @@ async def verify_id_token(
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), nonce.encode()):
         raise TokenRejected("invalid_token", "the nonce does not match this sign-in")
 
-    auth_time = claims.get("auth_time")
-    if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
-        raise TokenRejected("stale_login", "the ID token does not say when you signed in (auth_time)")
-    logged_in = dt.datetime.fromtimestamp(auth_time, dt.UTC)
+    logged_in = _auth_time(claims, now)
     if not requirement.fresh(logged_in, now):
         raise TokenRejected(
             "stale_login",
@@ -116,3 +115,23 @@ async def verify_id_token(
         email=email if isinstance(email, str) else None,
         email_verified=claims.get("email_verified") is True,
     )
+
+
+def _auth_time(claims: dict[str, Any], now: dt.datetime) -> dt.datetime:
+    """When the person signed in, as an instant no later than now plus the IdP's clock skew.
+
+    A future auth_time would keep the step-up "fresh" until then; NaN, infinities and numbers past the
+    calendar's range are not instants at all (and would raise deep in datetime).
+    """
+    auth_time = claims.get("auth_time")
+    if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
+        raise TokenRejected("stale_login", "the ID token does not say when you signed in (auth_time)")
+    try:
+        if not math.isfinite(auth_time):
+            raise ValueError("not finite")
+        logged_in = dt.datetime.fromtimestamp(auth_time, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise TokenRejected("invalid_token", "the ID token's auth_time is not a valid time") from None
+    if logged_in > now + IDP_CLOCK_SKEW:
+        raise TokenRejected("invalid_token", "the ID token says you signed in later than now (auth_time)")
+    return logged_in

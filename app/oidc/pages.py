@@ -24,7 +24,8 @@ FAILURE_PAGES: dict[FailureReason, tuple[int, str, str]] = {
     "idp_unreachable": (
         502,
         "Identity provider unreachable",
-        "We could not reach your identity provider. Try again from Slack in a minute.",
+        "We could not reach your identity provider, or it is unavailable. "
+        "Your sign-in link still works: open it again in a minute.",
     ),
     "cancelled": (400, "Sign-in cancelled", "The sign-in was cancelled at your identity provider."),
     "invalid_token": (403, "Sign-in not accepted", "Your identity provider's answer did not verify."),
@@ -59,6 +60,12 @@ FAILURE_PAGES: dict[FailureReason, tuple[int, str, str]] = {
     "not_approver": (403, "Not an approver", "You are not an approver for this request."),
     "self_approval": (403, "Not allowed", "You cannot approve a request made on your own behalf."),
     "mfa_unavailable": (403, "Not available", "Single sign-on is not configured for this service."),
+    "unknown_user": (403, "Not recorded", "Slack could not tell us who you are."),
+    "identity_unavailable": (
+        503,
+        "Not recorded",
+        "Slack could not tell us who you are just now. Click the button in Slack again.",
+    ),
 }
 
 

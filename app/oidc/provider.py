@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -159,12 +160,19 @@ class OidcProvider:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         try:
             async with self._http().post(endpoints.token_endpoint, data=form, headers=headers) as response:
-                body = await response.json(content_type=None)
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise IdpUnreachable(f"token endpoint failed: {exc.__class__.__name__}") from None
-        if status >= 500:
+        # An outage (5xx, or rate limited) is not an answer about this code: the step-up stays usable.
+        if status >= 500 or status == 429:
             raise IdpUnreachable(f"token endpoint answered {status}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if status == 200 and body is None:  # a proxy's page, say: no answer from the IdP about the code
+            raise IdpUnreachable("the token endpoint's answer is not JSON")
         if status != 200 or not isinstance(body, dict):
             error = body.get("error") if isinstance(body, dict) else None
             raise TokenEndpointRefused(f"token endpoint answered {status} {error or ''}".strip())

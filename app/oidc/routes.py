@@ -3,6 +3,10 @@
 
 No transaction is open while we talk to the IdP: the callback claims its intent (single use), commits,
 exchanges the code and verifies the token, then records the outcome in a second transaction.
+
+Once claimed, an intent never stays `verifying`: every refusal ends it with a `step_up_failed` event,
+except an IdP that could not be reached (down, 5xx, rate limited, timed out), which proved nothing
+either way, so the intent goes back to pending and the same link works again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from app.http.context import CONTAINER, container_of
 from app.oidc.id_tokens import TokenRejected, verify_id_token
 from app.oidc.pages import failure_page, page, success_page
 from app.oidc.provider import IdpUnreachable, OidcProvider, TokenEndpointRefused
+from app.storable_text import unstorable
 from approvals.step_up import (
     FailureReason,
     Intent,
@@ -29,6 +34,7 @@ from approvals.step_up import (
     complete_step_up,
     fail_step_up,
     note_step_up_problem,
+    release_step_up,
 )
 
 log = structlog.get_logger("approvals.oidc")
@@ -62,7 +68,7 @@ async def start_step_up(request: web.Request) -> web.StreamResponse:
     container = container_of(request)
     provider = _provider(request)
     intent_id = request.match_info["intent_id"]
-    if len(intent_id) > 64:
+    if len(intent_id) > 64 or unstorable(intent_id) is not None:
         return failure_page("unknown_intent")
     try:
         endpoints = await provider.endpoints()
@@ -102,7 +108,7 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
     provider = _provider(request)
     query = request.query
     state = query.get("state", "")
-    if not state or len(state) > 64:
+    if not state or len(state) > 64 or unstorable(state) is not None:
         return page(
             400, "Not a sign-in response", "This address is only for your identity provider's answer."
         )
@@ -113,7 +119,9 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
 
     error = query.get("error")
     if error is not None:
-        detail = query.get("error_description", error)[:200]
+        # The IdP's words go into the audit event: keep only what the database can store.
+        detail = query.get("error_description", error)[:200].replace("\x00", "")
+        detail = detail.encode("utf-8", "replace").decode("utf-8")
         reason: FailureReason = "cancelled" if error in CANCELLED_ERRORS else "invalid_token"
         return await _fail(request, intent, reason, detail)
     code = query.get("code", "")
@@ -134,12 +142,17 @@ async def step_up_callback(request: web.Request) -> web.StreamResponse:
             now=dt.datetime.now(dt.UTC),
         )
     except IdpUnreachable as exc:
-        return await _fail(request, intent, "idp_unreachable", str(exc))
+        return await _retry_later(request, intent, str(exc))
     except TokenEndpointRefused as exc:
         reason = "replayed" if "invalid_grant" in str(exc) else "invalid_token"
         return await _fail(request, intent, reason, str(exc))
     except TokenRejected as exc:
         return await _fail(request, intent, exc.reason, exc.detail)
+    except Exception:
+        # A token we could not read is a token we did not verify: the intent ends like any other
+        # refusal instead of staying `verifying` behind a 500.
+        log.exception("step_up_verification_error", request_id=intent.request_id)
+        return await _fail(request, intent, "invalid_token", "the sign-in response could not be verified")
 
     async with container.interactive.begin() as conn:
         outcome = await complete_step_up(conn, intent.id, login)
@@ -156,6 +169,13 @@ async def _fail(request: web.Request, intent: Intent, reason: FailureReason, det
     async with container_of(request).interactive.begin() as conn:
         await fail_step_up(conn, intent.id, reason, detail)
     return failure_page(reason, detail)
+
+
+async def _retry_later(request: web.Request, intent: Intent, detail: str) -> web.Response:
+    log.warning("idp_unreachable", step="callback", request_id=intent.request_id, error=detail)
+    async with container_of(request).interactive.begin() as conn:
+        failure = await release_step_up(conn, intent.id, detail)
+    return failure_page(failure.reason, detail if failure.reason == "idp_unreachable" else failure.detail)
 
 
 async def _close_provider(app: web.Application) -> None:

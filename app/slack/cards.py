@@ -46,6 +46,9 @@ _EPHEMERAL_TEXTS = {
     "already_decided": "You have already decided on this request.",
     "expired": "This request has expired; it can no longer be approved or rejected.",
     "mfa_unavailable": "This request needs an MFA sign-in, but single sign-on is not configured here.",
+    "unknown_user": "Slack could not tell us who you are, so your click was not recorded.",
+    "identity_unavailable": "Slack did not answer who you are after several tries, so your click was not "
+    "recorded. Please click again later.",
 }
 _EPHEMERAL_UNKNOWN = "Your click could not be recorded. Please try again, or ask the agent's owner."
 

@@ -1,4 +1,9 @@
-"""Deciding stored clicks: resolve the clicker with Slack, then record the decision in one transaction."""
+"""Deciding stored clicks: resolve the clicker with Slack, then record the decision in one transaction.
+
+A clicker Slack cannot resolve is asked about again with exponential back-off (the schedule is kept on
+the click's row), and after MAX_IDENTITY_ATTEMPTS the click is refused with a `click_refused` event
+(`identity_unavailable`); Slack saying there is no such user refuses it at once (`unknown_user`).
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.database import connection_for
 from app.oidc.routes import step_up_url
 from app.slack.cards import ephemeral_text, step_up_prompt
-from app.slack.directory import SlackDirectory
+from app.slack.directory import SlackDirectory, UnknownSlackUser
 from approvals.db import db_now
 from approvals.decisions import (
     Click,
+    Clicker,
     Duplicate,
     Recorded,
+    RefusalReason,
     Refused,
     approver_ids,
     lock_request,
@@ -54,6 +61,18 @@ DECIDING_AT_ONCE = 4
 # garbage collection stop the event loop, acks included, for a few hundred ms). Beyond this many,
 # a stored click waits in the inbox for the stranded-click sweep instead.
 MAX_WAITING = 10_000
+# A clicker Slack cannot resolve (users.info failing) is asked about at most this many times, the
+# n-th retry IDENTITY_RETRY_FIRST * 2**(n-1) after the failure before it, at most IDENTITY_RETRY_MAX.
+MAX_IDENTITY_ATTEMPTS = 5
+IDENTITY_RETRY_FIRST = dt.timedelta(seconds=5)
+IDENTITY_RETRY_MAX = dt.timedelta(minutes=5)
+
+
+def identity_retry_delay(failed_attempts: int) -> dt.timedelta:
+    """How long after its `failed_attempts`-th failure (1, 2, ...) a click is tried again."""
+    doublings = min(max(failed_attempts - 1, 0), 16)  # bounded: the cap is reached long before
+    return min(IDENTITY_RETRY_FIRST * (1 << doublings), IDENTITY_RETRY_MAX)
+
 
 Outcome = Recorded | Refused | Duplicate | Held
 
@@ -207,11 +226,8 @@ class ClickProcessor:
         _users, groups = approver_ids(rule)
         try:
             clicker = await self._directory.clicker(payload["user_id"], payload.get("team_id"), groups)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("click_identity_unavailable", click_id=click_id, error=str(exc))
-            async with self._engine.begin() as conn:
-                await count_attempt(conn, click_id)
-            return None  # the stranded-click sweep tries again
+        except (UnknownSlackUser, SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            return await self._unresolved(stored, payload, exc)
         click = Click(
             request_id=stored.request_id,
             choice=payload["choice"],
@@ -244,6 +260,48 @@ class ClickProcessor:
             outcome=type(outcome).__name__,
             detail=getattr(outcome, "reason", getattr(outcome, "status", None)),
         )
+        return outcome
+
+    async def _unresolved(self, stored: Any, payload: dict[str, Any], exc: Exception) -> Refused | None:
+        """Slack could not say who clicked: count the attempt and back off, or refuse the click when
+        Slack knows no such user or the attempts are used up. None while the click waits for a retry.
+        """
+        failed = int(stored.attempts) + 1
+        final = isinstance(exc, UnknownSlackUser) or failed >= MAX_IDENTITY_ATTEMPTS
+        retry_in = identity_retry_delay(failed)
+        async with self._engine.begin() as conn:
+            # Conditional on the count read before asking Slack: of two processes that asked at once,
+            # one counts the failure and the other leaves the click to it.
+            if not await count_attempt(conn, stored.id, seen=int(stored.attempts), retry_in=retry_in):
+                return None
+            if not final:
+                log.warning(
+                    "click_identity_unavailable",
+                    click_id=stored.id,
+                    attempts=failed,
+                    retry_in=retry_in.total_seconds(),
+                    error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                return None
+            reason: RefusalReason = (
+                "unknown_user" if isinstance(exc, UnknownSlackUser) else "identity_unavailable"
+            )
+            click = Click(
+                request_id=stored.request_id,
+                choice=payload["choice"],
+                clicker=Clicker(
+                    user_id=payload["user_id"], team_id=payload.get("team_id"), name=None, email=None
+                ),
+                action_ts=payload["action_ts"],
+                reason=payload.get("reason"),
+            )
+            outcome = await refuse(conn, click, reason, await lock_request(conn, stored.request_id))
+            await finish_click(conn, stored.id)
+        self._after_commit(stored.request_id)
+        log.warning(
+            "click_refused", click_id=stored.id, request_id=stored.request_id, reason=reason, attempts=failed
+        )
+        await self._tell(payload, ephemeral_text(reason))
         return outcome
 
     async def _decide_with_mfa(

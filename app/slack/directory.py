@@ -12,6 +12,12 @@ from approvals.decisions import Clicker
 
 # Group membership may change at any time: never trust an answer older than this.
 GROUP_CACHE_SECONDS = 60.0
+# users.info answers that are about the user, not about Slack's health: asking again will not help.
+UNKNOWN_USER_ERRORS = frozenset({"user_not_found", "user_not_visible"})
+
+
+class UnknownSlackUser(Exception):
+    """Slack says there is no such user (for us): a permanent answer, unlike a 5xx or ratelimited."""
 
 
 class SlackDirectory:
@@ -22,6 +28,8 @@ class SlackDirectory:
         self._ttl = ttl
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._users: dict[str, tuple[float, dict[str, Any]]] = {}
+        # users.lookupByEmail answers by email, None where Slack knows nobody by it.
+        self._by_email: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     async def group_members(self, group_id: str) -> frozenset[str]:
         cached = self._groups.get(group_id)
@@ -68,7 +76,12 @@ class SlackDirectory:
         cached = self._users.get(user_id)
         if cached is not None and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
-        response = await self._client.users_info(user=user_id)
+        try:
+            response = await self._client.users_info(user=user_id)
+        except SlackApiError as exc:
+            if exc.response.get("error") in UNKNOWN_USER_ERRORS:
+                raise UnknownSlackUser(f"users.info: {exc.response.get('error')} for {user_id}") from exc
+            raise
         user = dict(response.get("user") or {})
         self._users[user_id] = (time.monotonic(), user)
         return user
@@ -84,3 +97,20 @@ class SlackDirectory:
             email=profile.get("email"),
             approver_groups=await self.groups_of(user_id, groups),
         )
+
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        """users.lookupByEmail: the Slack user with this email, or None when Slack has none (both
+        cached like users.info). Any other failure is raised: whether it matters is the caller's call."""
+        key = email.casefold()
+        cached = self._by_email.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            response = await self._client.users_lookupByEmail(email=email)
+            user: dict[str, Any] | None = dict(response.get("user") or {}) or None
+        except SlackApiError as exc:
+            if exc.response.get("error") != "users_not_found":
+                raise
+            user = None
+        self._by_email[key] = (time.monotonic(), user)
+        return user

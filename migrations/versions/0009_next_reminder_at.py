@@ -60,5 +60,6 @@ def _has_reminders(rule: Any) -> bool:
 
 def downgrade() -> None:
     op.drop_index("ix_requests_next_reminder_at", table_name="requests")
-    with op.batch_alter_table("requests", schema=None) as batch_op:
-        batch_op.drop_column("next_reminder_at")
+    # In place, not a batch copy: copying `requests` on SQLite drops the table other rows refer to,
+    # which fails once a card or a click refers to a request.
+    op.drop_column("requests", "next_reminder_at")
