@@ -57,6 +57,13 @@ SLACK_MARKER = "approvals audit checkpoint"
 HTTP_EVENT_TYPE = "audit.checkpoint"
 
 
+def redacted_url(url: str) -> str:
+    """Scheme, host and port only: a witness URL's path or query may carry a token."""
+    parsed = URL(url)
+    port = f":{parsed.explicit_port}" if parsed.explicit_port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
 def remote_witness_kinds(settings: Settings) -> list[str]:
     """The outbox kinds a new checkpoint is queued for, as configured."""
     kinds = []
@@ -93,6 +100,8 @@ class WitnessFile:
                     value = json.loads(raw)
                 except ValueError:
                     raise WitnessRecordError(f"{where}: not JSON") from None
+                if isinstance(value, dict) and value.get("type") == HTTP_EVENT_TYPE:
+                    value = value.get("data")  # kept as the HTTP witness received it
                 records.append(parse_record(value, where))
         return records
 
@@ -126,11 +135,41 @@ class WitnessFile:
         return _lock(self.path.with_name(self.path.name + ".lock"))
 
     def _append(self, lines: list[str]) -> None:
+        self._drop_torn_tail()
         # Append mode is O_APPEND: every write lands at the end, whoever else has the file open.
         with open(self.path, "a", encoding="utf-8", opener=_private) as handle:
             handle.write("".join(line + "\n" for line in lines))
             handle.flush()
             os.fsync(handle.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line left without its newline by a crash or a full disk (called under the lock).
+
+        It was never a record (read() skips it), and writing after it would glue the next record to
+        it; the record it was is appended again from the database."""
+        if not self.path.exists():
+            return
+        with self.path.open("r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            position = size
+            while position > 0:
+                step = min(65536, position)
+                position -= step
+                handle.seek(position)
+                newline = handle.read(step).rfind(b"\n")
+                if newline != -1:
+                    handle.truncate(position + newline + 1)
+                    break
+            else:
+                handle.truncate(0)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.warning("witness_file_torn_line_dropped", path=str(self.path))
 
     async def catch_up(self, engine: AsyncEngine) -> int:
         """Append every checkpoint the file does not hold yet; how many were appended.
@@ -139,6 +178,15 @@ class WitnessFile:
         their catch-ups take turns. If the file's newest record is not in the database as written, the
         database was rolled back or rewritten: nothing is appended and the error is logged.
         """
+        try:
+            return await self._catch_up(engine)
+        except OSError as exc:
+            # A read-only or full disk: the checkpoint itself is safe in the database (and with the
+            # other witnesses); say so plainly rather than as a failed job.
+            log.error("witness_file_unwritable", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
+            return 0
+
+    async def _catch_up(self, engine: AsyncEngine) -> int:
         lock = await asyncio.to_thread(self._lock)
         try:
             last = await asyncio.to_thread(self._last_record)
@@ -199,6 +247,7 @@ class HttpWitness:
 
     def __init__(self, *, url: str, secret: str) -> None:
         self._url = url
+        self._shown = redacted_url(url)  # what logs and delivery records say
         self._secret = secret
         # The operator named this endpoint: it may be on a private network, so its host is allowed.
         host = URL(url).host or ""
@@ -215,11 +264,8 @@ class HttpWitness:
             allow=self._allow,
             timestamp=int(time.time()),
         )
-        common: dict[str, Any] = {
-            "status_code": result.status_code,
-            "target": self._url,
-            "error": result.error,
-        }
+        error = result.error.replace(self._url, self._shown) if result.error else None
+        common: dict[str, Any] = {"status_code": result.status_code, "target": self._shown, "error": error}
         if result.result == "delivered":
             return Settlement("delivered", **common)
         if result.result in ("failed", "gone"):
@@ -282,9 +328,16 @@ class SlackWitness:
 
 
 async def read_slack_witness(client: AsyncWebClient, channel: str) -> list[dict[str, Any]]:
-    """Every checkpoint record posted in the channel (its whole history, newest first from Slack)."""
+    """Every checkpoint record the bot posted in the channel (its whole history, newest first from Slack).
+
+    Only the bot's own messages count: anyone in the channel could post text that looks like a record,
+    and a junk one would make verification fail."""
+    me = await client.auth_test()
+    ours = {value for value in (me.get("user_id"), me.get("bot_id")) if value}
     records = []
     async for message in _history(client, channel):
+        if message.get("user") not in ours and message.get("bot_id") not in ours:
+            continue
         where = f"Slack channel {channel}, message {message.get('ts')}"
         record = record_from_slack_text(str(message.get("text") or ""), where)
         if record is not None:
@@ -295,7 +348,8 @@ async def read_slack_witness(client: AsyncWebClient, channel: str) -> list[dict[
 async def _history(client: AsyncWebClient, channel: str) -> AsyncIterator[dict[str, Any]]:
     cursor: str | None = None
     while True:
-        response = await client.conversations_history(channel=channel, limit=200, cursor=cursor)
+        # 999 a page, Slack's most: a year of checkpoints is about 105,000 messages.
+        response = await client.conversations_history(channel=channel, limit=999, cursor=cursor)
         for message in response.get("messages") or []:
             yield message
         cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
@@ -356,7 +410,7 @@ async def check_witnesses(
         if settings.checkpoint_witness_url:
             results.append(
                 WitnessResult(
-                    f"HTTP {settings.checkpoint_witness_url}",
+                    f"HTTP {redacted_url(settings.checkpoint_witness_url)}",
                     note="its copy is kept by the receiver: check it with --witness FILE (JSON Lines)",
                 )
             )
@@ -387,6 +441,7 @@ async def _check_slack(
     engine: AsyncEngine, settings: Settings, channel: str, verify: Verifier
 ) -> WitnessResult:
     from slack_sdk.errors import SlackApiError
+    from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
     from slack_sdk.web.async_client import AsyncWebClient
 
     source = f"Slack channel {channel}"
@@ -396,6 +451,8 @@ async def _check_slack(
         settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
     )
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=base_url, timeout=30)
+    # conversations.history is Tier 3 (about 50 calls a minute): wait out a 429 as Slack asks.
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=10))
     try:
         records = await read_slack_witness(client, channel)
     except SlackApiError as exc:

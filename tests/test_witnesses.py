@@ -315,6 +315,15 @@ async def test_the_slack_witness_posts_each_checkpoint_and_verify_reads_the_chan
             messages = fake.messages_in(AUDIT_CHANNEL)
             assert len(messages) == 2
             assert all(m["text"].startswith(SLACK_MARKER) for m in messages)
+            # Someone else in the channel posts a look-alike record: it is not the bot's, so not read.
+            fake.messages[AUDIT_CHANNEL].append(
+                {
+                    "type": "message",
+                    "user": "U09REC",
+                    "ts": "9999999999.000100",
+                    "text": f"{SLACK_MARKER} 9: ```{{}}```",
+                }
+            )
             slack_env = {
                 "SLACK_BOT_TOKEN": "xoxb-test",
                 "SLACK_SIGNING_SECRET": "s" * 32,
@@ -354,3 +363,64 @@ def test_witness_settings_are_checked_at_start(tmp_path: Path) -> None:
         load_settings(checkpoint_witness_slack_channel="#audit")
     with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN: required"):
         load_settings(checkpoint_witness_slack_channel=AUDIT_CHANNEL)
+
+
+async def test_a_line_torn_by_a_crash_is_dropped_before_the_next_append(api: Api, tmp_path: Path) -> None:
+    witness = WitnessFile(tmp_path / "witness.jsonl")
+    await _request(api)
+    await _checkpoint(api.container)
+    await witness.catch_up(api.container.engine)
+    await _request(api)
+    await _checkpoint(api.container)
+    with witness.path.open("ab") as handle:  # the service died half way through writing record 2
+        handle.write(b'{"type": "approvals.audit_checkpoint", "number": 2, "runn')
+    assert [r["number"] for r in witness.read()] == [1]  # a torn line is not a record
+    assert await witness.catch_up(api.container.engine) == 1
+    assert [r["number"] for r in witness.read()] == [1, 2]
+
+
+async def test_an_unwritable_witness_file_is_reported_and_does_not_stop_the_job(
+    api: Api, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    witness = WitnessFile(blocker / "witness.jsonl")
+    await _request(api)
+    await _checkpoint(api.container)
+    assert await witness.catch_up(api.container.engine) == 0
+
+
+async def test_the_http_witness_url_is_never_shown_whole(
+    http_witness: tuple[Api, Receiver], database_url: str
+) -> None:
+    """Its path may carry a token: logs, delivery records and verify show scheme, host and port only."""
+    api, receiver = http_witness
+    await _request(api)
+    await _checkpoint(api.container)
+    await api.container.dispatcher.run_until_idle()
+    await receiver.wait_for(1)
+    async with api.container.engine.connect() as conn:
+        targets = [r.target for r in await conn.execute(text("SELECT target FROM delivery_attempts"))]
+    assert targets and all(t is not None and "/witness" not in t for t in targets)
+    url = api.container.settings.checkpoint_witness_url
+    assert url is not None
+    status, report = await _verify(
+        database_url, APPROVALS_CHECKPOINT_WITNESS_URL=url, APPROVALS_CHECKPOINT_WITNESS_SECRET=WITNESS_SECRET
+    )
+    assert status == 0, report
+    assert "/witness" not in json.dumps(report)
+
+
+async def test_what_the_http_witness_received_can_be_verified_as_it_came(
+    http_witness: tuple[Api, Receiver], database_url: str, tmp_path: Path
+) -> None:
+    api, receiver = http_witness
+    await _request(api)
+    await _checkpoint(api.container)
+    await api.container.dispatcher.run_until_idle()
+    [received] = await receiver.wait_for(1)
+    kept = tmp_path / "received.jsonl"
+    kept.write_bytes(received.body + b"\n")  # the envelope {"type": "audit.checkpoint", "data": …}
+    status, report = await _verify(database_url, "--witness", str(kept))
+    assert status == 0, report
+    assert next(w for w in report["witnesses"] if w["source"] == f"file {kept}")["records"] == 1
