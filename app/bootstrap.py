@@ -120,12 +120,26 @@ def check_mfa_has_idp(loaded: LoadedPolicies, settings: Settings) -> None:
             )
 
 
+def check_requesters_can_resolve(loaded: LoadedPolicies, settings: Settings) -> None:
+    """A rule that needs requesters found in Slack, with no Slack to ask, would refuse every request."""
+    if settings.slack_enabled:
+        return
+    for rule in loaded.policy_set.policies:
+        if rule.requester_must_resolve:
+            raise StartupError(
+                f"policy {rule.display_name!r} in {loaded.path} has requester_must_resolve: true but Slack "
+                "is not configured: set SLACK_BOT_TOKEN (and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN), or "
+                "set requester_must_resolve to false"
+            )
+
+
 async def build_container(
     settings: Settings, *, loaded: LoadedPolicies | None = None, loaded_by: str | None = None
 ) -> Container:
     """Load policies, open and check the database, and record the policy version in force."""
     loaded = loaded or load_policies(settings.policies)
     check_mfa_has_idp(loaded, settings)
+    check_requesters_can_resolve(loaded, settings)
     try:
         checkpoint_key = load_checkpoint_key(settings)
     except CheckpointKeyError as exc:

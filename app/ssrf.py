@@ -37,9 +37,14 @@ class CallbackAllowList:
 
     def allows_address(self, address: IPAddress) -> bool:
         """In an allowed network, or an IPv6 form of an address in one (an allowed 10.0.0.0/8 also
-        allows ::ffff:10.1.2.3 and 64:ff9b::a01:203, which reach the same host)."""
-        candidates = (address, *embedded_ipv4(address))
-        return any(candidate in network for candidate in candidates for network in self.networks)
+        allows ::ffff:10.1.2.3 and 64:ff9b::a01:203, which reach the same host). An address that embeds
+        two (Teredo: its server and its client) is allowed only when each is allowed or public."""
+        if any(address in network for network in self.networks):
+            return True
+        embedded = embedded_ipv4(address)
+        return bool(embedded) and all(
+            is_public(inner) or any(inner in network for network in self.networks) for inner in embedded
+        )
 
 
 # IPv6 prefixes whose last 32 bits are an IPv4 address the packet is delivered to: NAT64's

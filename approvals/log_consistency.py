@@ -6,7 +6,8 @@ heads back, and what remains verifies. What they cannot easily rewind is the res
 state, written in the same transactions as those events. So every request row must have its chain
 (a `request_created` event), and what the row says must be what the chain's events say:
 
-- `payload_sha256` is the one its `request_created` event recorded;
+- `payload_sha256` is the one its `request_created` event recorded, and so is the requester's
+  identity (`requester_email`, `requester_slack_id`: the self-approval check reads them);
 - `status` is the final state its one `request_<status>` event recorded, or pending without one;
 - its `decisions` rows are exactly its `decision_recorded` events (approver and choice);
 - its execution outcome (`outcome_*` columns) is what its one `outcome_recorded` event recorded;
@@ -82,6 +83,10 @@ def _relevant() -> Any:
             e.chain_id,
             e.kind,
             case((created, _text("payload_sha256"))).label("payload"),
+            case((created, audit_events.c.data[("requester", "email")].as_string())).label("requester_email"),
+            case((created, audit_events.c.data[("requester", "slack_user_id")].as_string())).label(
+                "requester_slack"
+            ),
             case((outcome, _text("status"))).label("outcome_status"),
             case((outcome, _text("detail"))).label("outcome_detail"),
             case((outcome, _text("external_ref"))).label("outcome_ref"),
@@ -111,6 +116,8 @@ def _per_chain() -> Any:
             ev.c.chain_id.label("chain_id"),
             _count(created).label("created"),
             func.max(ev.c.payload).label("payload"),
+            func.max(ev.c.requester_email).label("requester_email"),
+            func.max(ev.c.requester_slack).label("requester_slack"),
             _count(final).label("finals"),
             func.max(case((final, ev.c.kind))).label("final_kind"),
             _count(outcome).label("outcomes"),
@@ -152,6 +159,8 @@ def _disagreements(limit: int) -> Any:
     columns = (
         ev.c.created,
         ev.c.payload,
+        ev.c.requester_email,
+        ev.c.requester_slack,
         ev.c.finals,
         chain_status.label("chain_status"),
         ev.c.outcomes,
@@ -167,6 +176,8 @@ def _disagreements(limit: int) -> Any:
             literal(True).label("has_row"),
             r.status,
             r.payload_sha256,
+            r.requester_email.label("row_requester_email"),
+            r.requester_slack_id.label("row_requester_slack"),
             r.outcome_status.label("row_outcome_status"),
             r.outcome_detail.label("row_outcome_detail"),
             r.outcome_external_ref.label("row_outcome_ref"),
@@ -182,6 +193,9 @@ def _disagreements(limit: int) -> Any:
                 ev.c.chain_id.is_(None),
                 ev.c.created != 1,
                 r.payload_sha256.is_distinct_from(ev.c.payload),
+                # Who may not approve: the self-approval check reads these columns.
+                r.requester_email.is_distinct_from(ev.c.requester_email),
+                r.requester_slack_id.is_distinct_from(ev.c.requester_slack),
                 ev.c.finals > 1,
                 r.status.is_distinct_from(chain_status),
                 ev.c.outcomes > 1,
@@ -199,6 +213,7 @@ def _disagreements(limit: int) -> Any:
         ev.c.chain_id.label("request_id"),
         literal(False).label("has_row"),
         *(null().label(name) for name in ("status", "payload_sha256")),
+        *(null().label(name) for name in ("row_requester_email", "row_requester_slack")),
         *(null().label(name) for name in ("row_outcome_status", "row_outcome_detail", "row_outcome_ref")),
         literal(0).label("decision_rows"),
         literal(0).label("rows_without_event"),
@@ -263,6 +278,13 @@ def _describe(row: Any, pairs: tuple[set[tuple[Any, Any]], list[tuple[Any, Any]]
     if row["payload_sha256"] != row["payload"]:
         found.append(
             f"payload_sha256 is {row['payload_sha256']} but its request_created event says {row['payload']}"
+        )
+    stored_requester = (row["row_requester_email"], row["row_requester_slack"])
+    recorded_requester = (row["requester_email"], row["requester_slack"])
+    if stored_requester != recorded_requester:
+        found.append(
+            f"the requester stored (email, Slack user) {stored_requester!r} differs from its "
+            f"request_created event's {recorded_requester!r}"
         )
     if row["finals"] > 1:
         found.append(f"its chain records {row['finals']} final states")

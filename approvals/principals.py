@@ -2,7 +2,8 @@
 
 Self-approval is refused by comparing identities, so both sides go through one normaliser here. An
 email address is checked by email-validator (no display names, quoting, IP literals or unsafe
-characters) after Unicode NFKC, so a full-width letter is the letter it looks like; the mailbox
+characters) after Unicode NFKC, so a full-width letter is the letter it looks like, and must then be
+ASCII, so a look-alike from another script is refused rather than taken for somebody else; the mailbox
 compared is casefolded and without a `+tag` sub-address, since recruiter+offer@ reaches recruiter@.
 Characters that render as nothing are refused, never stripped: an agent that sends one is either
 broken or trying something, and either way it should hear about it.
@@ -92,8 +93,16 @@ def _nfkc_casefold(text: str) -> str:
 def _validated(text: str) -> tuple[str, str]:
     """(the address as email-validator normalises it, its mailbox for comparison)."""
     _refuse_invisible(text)
+    folded = unicodedata.normalize("NFKC", text)
+    if not folded.isascii():
+        # NFKC folds full-width letters but not look-alikes from other scripts (Cyrillic U+0435 for
+        # the "e" of "rex@"), which would name somebody else to the check while reading as the requester.
+        raise NotAPrincipal(
+            f"must be {ACCEPTED} in ASCII letters (an internationalised domain in its xn-- form); "
+            f"found {', '.join(sorted({f'U+{ord(ch):04X}' for ch in folded if not ch.isascii()}))}"
+        )
     try:
-        valid = validate_email(unicodedata.normalize("NFKC", text), check_deliverability=False)
+        valid = validate_email(folded, check_deliverability=False)
     except EmailNotValidError as error:
         raise NotAPrincipal(f"must be {ACCEPTED}: {error}") from None
     local = _nfkc_casefold(valid.local_part).split("+", 1)[0]

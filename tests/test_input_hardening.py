@@ -356,6 +356,9 @@ def test_the_allow_list_covers_the_ipv4_an_ipv6_address_embeds() -> None:
     assert allow.allows_address(ipaddress.ip_address("::ffff:10.1.2.3"))
     assert allow.allows_address(ipaddress.ip_address("64:ff9b::a01:203"))
     assert not allow.allows_address(ipaddress.ip_address("64:ff9b::7f00:1"))
+    # Teredo embeds a server and a client: the packet goes to the client, so an allowed server is not enough.
+    assert not allow.allows_address(ipaddress.ip_address("2001:0:a00:1:8000:63bf:80ff:fffe"))  # 127.0.0.1
+    assert allow.allows_address(ipaddress.ip_address("2001:0:a00:1:8000:63bf:f5ff:fffe"))  # client 10.0.0.1
 
 
 @pytest.mark.parametrize("address", EMBEDDING_PRIVATE)

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from approvals.audit import verify_all
+from approvals.principals import NotAPrincipal, parse_requester
 from approvals.tables import audit_events, decisions, requests, step_up_intents
-from tests.conftest import Api, offer
+from tests.conftest import Api, offer, start_service
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, TestIdP
 from tests.slack_helpers import SlackApi, block_actions, slack_service
 from tests.test_step_up import mfa_service
@@ -276,3 +277,22 @@ async def test_a_requester_is_refused_before_any_step_up(mfa: SlackApi) -> None:
     [refused] = await _wait_for_event(mfa, request_id, "click_refused")
     assert refused["reason"] == "self_approval"
     assert await _count(mfa, step_up_intents, step_up_intents.c.request_id == request_id) == 0
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["r\u0435x@example.com", "rex@ex\u0430mple.com", "recruiter@b\u00fccher.example"],
+    ids=["cyrillic-local", "cyrillic-domain", "idn-unicode"],
+)
+def test_an_address_with_look_alike_letters_is_refused(address: str) -> None:
+    """NFKC folds full-width letters, not letters of another script that look the same."""
+    with pytest.raises(NotAPrincipal, match="ASCII"):
+        parse_requester(address)
+
+
+async def test_requester_must_resolve_without_slack_stops_the_service_at_start(database_url: str) -> None:
+    """Without Slack to ask, such a rule would refuse every request: a startup error naming it."""
+    from app.bootstrap import StartupError
+
+    with pytest.raises(StartupError, match=r"'sign_contract'.*requester_must_resolve: true but Slack"):
+        await start_service(database_url, policies_text=POLICIES)

@@ -138,8 +138,9 @@ async def test_the_rollback_attack_fails_verify_naming_a_request_with_no_chain(
     assert f"FAILED: request {newer}: the request row has no audit chain" in human.stdout
 
 
-async def test_an_edited_status_approver_outcome_or_payload_hash_is_reported(api: Api) -> None:
-    ids = {name: await _create(api, offer()) for name in ("status", "approver", "outcome", "payload", "same")}
+async def test_an_edited_status_approver_outcome_payload_hash_or_requester_is_reported(api: Api) -> None:
+    names = ("status", "approver", "outcome", "payload", "requester", "same")
+    ids = {name: await _create(api, offer()) for name in names}
     for name, request_id in ids.items():
         await _click(api, request_id, "approve", COO, f"1700000000.{len(name):06d}")
     for name in ("outcome", "same"):
@@ -157,6 +158,12 @@ async def test_an_edited_status_approver_outcome_or_payload_hash_is_reported(api
             requests.update().where(r.id == ids["outcome"]).values(outcome_external_ref="ref-forged")
         )
         await conn.execute(requests.update().where(r.id == ids["payload"]).values(payload_sha256="0" * 64))
+        # Blanking the requester would let them approve their own request: the chain says who it is.
+        await conn.execute(
+            requests.update()
+            .where(r.id == ids["requester"])
+            .values(requester_email=None, requester_slack_id=None)
+        )
         await conn.execute(text("DELETE FROM outbox WHERE request_id = :id"), {"id": gone})
         await conn.execute(requests.delete().where(r.id == gone))
 
@@ -167,13 +174,21 @@ async def test_an_edited_status_approver_outcome_or_payload_hash_is_reported(api
         assert verdict.chains.ok and verdict.checkpoint_problem is None
         assert not verdict.ok
         found = {f.request_id: f.message for f in verdict.findings}
-        assert set(found) == {ids["status"], ids["approver"], ids["outcome"], ids["payload"], gone}
+        assert set(found) == {
+            ids["status"],
+            ids["approver"],
+            ids["outcome"],
+            ids["payload"],
+            ids["requester"],
+            gone,
+        }
         assert "status is 'rejected' but its chain says 'approved'" in found[ids["status"]]
         assert "decision by U0MALLORY (approve) has no decision_recorded event" in found[ids["approver"]]
         assert "decision_recorded by U01COO (approve) has no decision row" in found[ids["approver"]]
         assert "ref-forged" in found[ids["outcome"]] and "ref-outcome" in found[ids["outcome"]]
         assert f"payload_sha256 is {'0' * 64}" in found[ids["payload"]]
         assert "the request row is missing" in found[gone]
+        assert "'recruiter@example.com'" in found[ids["requester"]] and "differs" in found[ids["requester"]]
 
 
 async def _poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

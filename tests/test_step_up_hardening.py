@@ -150,14 +150,15 @@ async def test_a_stored_step_up_from_the_future_is_not_reused(m: Mfa) -> None:
 # -- item 9: the IdP down at the callback -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("outage", ["503", "connection_refused"])
+@pytest.mark.parametrize("outage", ["503", "404", "connection_refused"])
 async def test_an_idp_outage_at_the_callback_leaves_the_link_usable(m: Mfa, outage: str) -> None:
+    """503, or a 404 page that is not an OAuth error (a proxy, a misrouted request), proves nothing."""
     m.idp.next_login = COO
     request_id = await _request(m)
     url = await _held_link(m, request_id)
     callback = await _to_callback(m, url)
-    if outage == "503":
-        m.idp.token_status = 503
+    if outage != "connection_refused":
+        m.idp.token_status = int(outage)
     else:
         await m.idp.stop_listening()
 
@@ -170,7 +171,7 @@ async def test_an_idp_outage_at_the_callback_leaves_the_link_usable(m: Mfa, outa
     assert (failure["reason"], failure["retryable"]) == ("idp_unreachable", True)
     assert await _decisions(m, request_id) == []
 
-    if outage == "503":
+    if outage != "connection_refused":
         m.idp.token_status = None
     else:
         await m.idp.listen_again()
@@ -335,3 +336,18 @@ async def test_text_the_database_cannot_store_gets_a_page_not_a_500(m: Mfa) -> N
     [failure] = await _events(m, request_id, "step_up_failed")
     assert "\x00" not in failure["detail"] and failure["detail"].startswith("nope")
     assert (await _intent(m, request_id)).status == "failed"
+
+
+@pytest.mark.parametrize("claim", ["sub", "email", "acr"])
+async def test_an_id_token_claim_that_cannot_be_stored_ends_the_intent(m: Mfa, claim: str) -> None:
+    """A NUL in a claim kept as evidence would fail the decision's transaction (a 500, the intent
+    left `verifying`): the token is refused like any other bad one."""
+    m.idp.next_login = COO
+    m.idp.claim_overrides = {claim: "x\x00y"}
+    request_id = await _request(m)
+    status, page = await _sign_in(m, await _held_link(m, request_id))
+    assert status == 403 and "Nothing was recorded" in page, page
+    assert (await _intent(m, request_id)).status == "failed"
+    [failure] = await _events(m, request_id, "step_up_failed")
+    assert failure["reason"] == "invalid_token" and claim in failure["detail"]
+    assert await _decisions(m, request_id) == []

@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 
 from app.oidc.provider import OidcProvider
+from app.storable_text import unstorable
 from approvals.step_up import IDP_CLOCK_SKEW, FailureReason, MfaRequirement, VerifiedLogin
 
 ALLOWED_ALGORITHMS = frozenset(
@@ -106,6 +107,14 @@ async def verify_id_token(
             f"this policy needs one of: {wanted}",
         )
     email = claims.get("email")
+    # What is kept as evidence must be storable: a NUL in `sub` would fail the decision's transaction.
+    for name, value in (("iss", claims["iss"]), ("sub", claims["sub"]), ("email", email), ("acr", acr_value)):
+        if isinstance(value, str) and unstorable(value) is not None:
+            raise TokenRejected(
+                "invalid_token", f"the ID token's {name} holds characters that cannot be stored"
+            )
+    if any(unstorable(value) is not None for value in amr_list):
+        raise TokenRejected("invalid_token", "the ID token's amr holds characters that cannot be stored")
     return VerifiedLogin(
         issuer=str(claims["iss"]),
         subject=str(claims["sub"]),

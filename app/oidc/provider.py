@@ -171,11 +171,15 @@ class OidcProvider:
             body = json.loads(raw)
         except ValueError:
             body = None
-        if status == 200 and body is None:  # a proxy's page, say: no answer from the IdP about the code
-            raise IdpUnreachable("the token endpoint's answer is not JSON")
-        if status != 200 or not isinstance(body, dict):
-            error = body.get("error") if isinstance(body, dict) else None
-            raise TokenEndpointRefused(f"token endpoint answered {status} {error or ''}".strip())
+        if not isinstance(body, dict):
+            # A proxy's page or a misrouted request (403, 404, 407, a 200 of HTML...): not the IdP's
+            # word about this code, so the step-up stays usable.
+            raise IdpUnreachable(f"token endpoint answered {status} without a JSON object")
+        if status != 200:
+            error = body.get("error")
+            if not isinstance(error, str):  # RFC 6749 5.2: a refusal names its error
+                raise IdpUnreachable(f"token endpoint answered {status} without an OAuth error")
+            raise TokenEndpointRefused(f"token endpoint answered {status} {error}")
         if not isinstance(body.get("id_token"), str):
             raise TokenEndpointRefused("the token response carries no id_token")
         return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -12,6 +13,7 @@ from approvals.decisions import Clicker
 
 # Group membership may change at any time: never trust an answer older than this.
 GROUP_CACHE_SECONDS = 60.0
+EMAIL_CACHE_SIZE = 10_000  # requester addresses remembered at most, least recently asked dropped first
 # users.info answers that are about the user, not about Slack's health: asking again will not help.
 UNKNOWN_USER_ERRORS = frozenset({"user_not_found", "user_not_visible"})
 
@@ -28,8 +30,9 @@ class SlackDirectory:
         self._ttl = ttl
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._users: dict[str, tuple[float, dict[str, Any]]] = {}
-        # users.lookupByEmail answers by email, None where Slack knows nobody by it.
-        self._by_email: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # users.lookupByEmail answers by email, None where Slack knows nobody by it. Bounded: agents
+        # choose these addresses, and each distinct one would otherwise stay for good.
+        self._by_email: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
 
     async def group_members(self, group_id: str) -> frozenset[str]:
         cached = self._groups.get(group_id)
@@ -104,6 +107,7 @@ class SlackDirectory:
         key = email.casefold()
         cached = self._by_email.get(key)
         if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            self._by_email.move_to_end(key)
             return cached[1]
         try:
             response = await self._client.users_lookupByEmail(email=email)
@@ -113,4 +117,7 @@ class SlackDirectory:
                 raise
             user = None
         self._by_email[key] = (time.monotonic(), user)
+        self._by_email.move_to_end(key)
+        while len(self._by_email) > EMAIL_CACHE_SIZE:
+            self._by_email.popitem(last=False)
         return user
