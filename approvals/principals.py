@@ -2,8 +2,8 @@
 
 Self-approval is refused by comparing identities, so both sides go through one normaliser here. An
 email address is checked by email-validator (no display names, quoting, IP literals or unsafe
-characters) after Unicode NFKC, so a full-width letter is the letter it looks like, and must then be
-ASCII, so a look-alike from another script is refused rather than taken for somebody else; the mailbox
+characters) after Unicode NFKC, so a full-width letter is the letter it looks like, and a part that mixes
+scripts (a Cyrillic look-alike among Latin letters) is refused rather than taken for somebody else; the mailbox
 compared is casefolded and without a `+tag` sub-address, since recruiter+offer@ reaches recruiter@.
 Characters that render as nothing are refused, never stripped: an agent that sends one is either
 broken or trying something, and either way it should hear about it.
@@ -85,6 +85,29 @@ def _refuse_invisible(text: str) -> None:
         raise NotAPrincipal(f"contains invisible or control characters ({names}); must be {ACCEPTED}")
 
 
+# Scripts that are written together in one word: Japanese mixes kana and kanji.
+_SCRIPT_FAMILIES = {"HIRAGANA": "JAPANESE", "KATAKANA": "JAPANESE", "CJK": "JAPANESE"}
+
+
+def _refuse_mixed_scripts(address: str) -> None:
+    """Refuse a local part or domain label that mixes letters of several scripts.
+
+    NFKC folds full-width letters but not look-alikes from other scripts: Cyrillic U+0435 for the "e"
+    of "rex@" would name somebody else to the self-approval check while reading as the requester.
+    Letters of one script (zoe with a diaeresis, a Cyrillic name) are an address like any other.
+    """
+    for part in re.split(r"[@.]", address):
+        scripts = {
+            _SCRIPT_FAMILIES.get(name.split()[0], name.split()[0])
+            for name in (unicodedata.name(ch, "UNKNOWN") for ch in part if ch.isalpha())
+        }
+        if len(scripts) > 1:
+            raise NotAPrincipal(
+                f"mixes letters of several scripts ({', '.join(sorted(scripts)).lower()}) in {part!r}, "
+                f"as look-alike addresses do; must be {ACCEPTED}"
+            )
+
+
 def _nfkc_casefold(text: str) -> str:
     # NFKC again after casefolding: casefolding can produce text NFKC would still change.
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
@@ -94,13 +117,7 @@ def _validated(text: str) -> tuple[str, str]:
     """(the address as email-validator normalises it, its mailbox for comparison)."""
     _refuse_invisible(text)
     folded = unicodedata.normalize("NFKC", text)
-    if not folded.isascii():
-        # NFKC folds full-width letters but not look-alikes from other scripts (Cyrillic U+0435 for
-        # the "e" of "rex@"), which would name somebody else to the check while reading as the requester.
-        raise NotAPrincipal(
-            f"must be {ACCEPTED} in ASCII letters (an internationalised domain in its xn-- form); "
-            f"found {', '.join(sorted({f'U+{ord(ch):04X}' for ch in folded if not ch.isascii()}))}"
-        )
+    _refuse_mixed_scripts(folded)
     try:
         valid = validate_email(folded, check_deliverability=False)
     except EmailNotValidError as error:
