@@ -1,4 +1,4 @@
-"""Fake Slack Web API for bench/clicks.py: tests.fake_slack.FakeSlack in its own process.
+"""Fake Slack Web API for bench/clicks.py: app.sandbox.slack_api.SandboxSlack in its own process.
 
 Usage (normally started by bench/clicks.py):
 
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_slack import FakeSlack  # noqa: E402  (needs the repository root on sys.path)
+from app.sandbox.slack_api import SandboxSlack  # noqa: E402  (needs the repository root on sys.path)
 
 
 def user_ids(count: int) -> list[str]:
@@ -32,7 +32,7 @@ def user_ids(count: int) -> list[str]:
     return [f"U{n:07d}" for n in range(1, count + 1)]
 
 
-def tally(fake: FakeSlack, counts: Counter[str]) -> None:
+def tally(fake: SandboxSlack, counts: Counter[str]) -> None:
     counts.update(call.method for call in fake.calls)
     counts.update("failed" for call in fake.calls if call.failed)
     fake.calls.clear()
@@ -41,7 +41,7 @@ def tally(fake: FakeSlack, counts: Counter[str]) -> None:
 
 
 async def serve(url_file: Path, users: int) -> None:
-    fake = FakeSlack()
+    fake = SandboxSlack()
     for n, user_id in enumerate(user_ids(users), start=1):
         fake.users[user_id] = {
             "name": f"approver{n}",

@@ -56,7 +56,7 @@ from urllib.parse import urlencode
 import aiohttp
 import psycopg
 
-TEAM_ID = "T0TEAM"  # tests/fake_slack.TEAM_ID
+TEAM_ID = "T0TEAM"  # app/sandbox/slack_api.TEAM_ID
 APPROVE = "approve_request"  # app/slack/ids.ActionId.APPROVE
 UNKNOWN = "bench_unknown_action"
 EXPECTED = {"approve": 200, "noop": 200, "unknown": 404, "badsig": 401}

@@ -9,7 +9,7 @@ Usage:
 What it does, in one run on one PostgreSQL server:
 
 1. drops and recreates the database `bench_clicks`;
-2. starts a fake Slack Web API (bench/_clicks_fake_slack.py: tests.fake_slack.FakeSlack in its own
+2. starts a fake Slack Web API (bench/_clicks_fake_slack.py: app.sandbox.slack_api.SandboxSlack in its own
    process, knowing --users approvers U0000001.. with emails) and `approvals serve` (auto-migrating,
    WARNING logs, Slack in HTTP mode against the fake, with a random signing secret, and a policy that
    makes `send_offer_letter` need one approval from any of those users in C0HIRING), as subprocesses

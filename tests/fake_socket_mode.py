@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fake_slack import FakeSlack, Handler
+from app.sandbox.slack_api import Handler, SandboxSlack
 
 
-class FakeSlackWithSocket(FakeSlack):
+class FakeSlackWithSocket(SandboxSlack):
     """The fake Web API plus a Socket Mode endpoint; `send` pushes an envelope, acks are recorded."""
 
     def __init__(self) -> None:

@@ -14,9 +14,9 @@ from aiohttp import ClientResponse, ClientSession
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import select
 
+from app.sandbox.slack_api import TEAM_ID, SandboxSlack
 from approvals.tables import slack_messages
 from tests.conftest import Api, start_service, stop_service
-from tests.fake_slack import TEAM_ID, FakeSlack
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 _ACTION_TS = itertools.count(1)
@@ -124,7 +124,7 @@ def view_submission(
 
 @dataclass
 class SlackApi(Api):
-    fake: FakeSlack | None = None
+    fake: SandboxSlack | None = None
 
     async def slack(self, payload: dict[str, Any], **headers: str) -> ClientResponse:
         body = urlencode({"payload": json.dumps(payload)})
@@ -164,7 +164,7 @@ class SlackApi(Api):
 
 
 async def slack_service(database_url: str, **overrides: Any) -> AsyncIterator[SlackApi]:
-    async with FakeSlack() as fake:
+    async with SandboxSlack() as fake:
         fake.users.update(USERS)
         fake.usergroups["S0FINANCE"] = ["U07FIN"]
         container, server = await start_service(

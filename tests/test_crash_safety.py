@@ -35,11 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import build_engine
 from app.dispatcher import Settlement
+from app.sandbox.slack_api import SandboxSlack
 from approvals.agents import add_agent
 from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import _clear_postgres, clean_environment, offer, stop_process
-from tests.fake_slack import FakeSlack
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 from tests.test_service_startup import free_port
 
@@ -128,12 +128,12 @@ class Crash:
     engine: AsyncEngine
     logs: Path
     session: aiohttp.ClientSession
-    fake: FakeSlack | None = None
+    fake: SandboxSlack | None = None
     services: list[Service] = field(default_factory=list)
 
-    async def slack(self) -> FakeSlack:
+    async def slack(self) -> SandboxSlack:
         # wall_clock: the service asks conversations.history for messages since a moment.
-        self.fake = await FakeSlack(wall_clock=True).start()
+        self.fake = await SandboxSlack(wall_clock=True).start()
         self.fake.users.update(USERS)
         self.fake.usergroups["S0FINANCE"] = ["U07FIN", "U02CFO"]
         return self.fake

@@ -54,6 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import build_engine
 from app.migrate import upgrade_to_head
+from app.sandbox.slack_api import TEAM_ID, SandboxSlack
 from approvals.agents import add_agent
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import (
@@ -65,7 +66,6 @@ from tests.conftest import (
     clean_environment,
     stop_process,
 )
-from tests.fake_slack import TEAM_ID, FakeSlack
 from tests.pg_cluster import ClusterError, PgCluster, missing_tools
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
@@ -139,7 +139,7 @@ class Outage:
 
     cluster: PgCluster
     engine: AsyncEngine
-    fake: FakeSlack
+    fake: SandboxSlack
     receiver: Receiver
     session: aiohttp.ClientSession
     logs: Path
@@ -321,7 +321,7 @@ async def outage(cluster: PgCluster, tmp_path: Path) -> AsyncIterator[Outage]:
         agent = await add_agent(
             conn, name="outage-bot", owner="ops@example.com", actions=["send_offer_letter", "read_*"]
         )
-    fake = await FakeSlack(wall_clock=True).start()  # wall clock: a repeated post looks for its card
+    fake = await SandboxSlack(wall_clock=True).start()  # wall clock: a repeated post looks for its card
     fake.users.update(USERS)
     receiver = await Receiver().start()
     timeout = aiohttp.ClientTimeout(total=15)

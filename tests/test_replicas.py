@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 
 from app.database import build_engine
 from app.migrate import upgrade_to_head
+from app.sandbox.slack_api import SandboxSlack
 from approvals.agents import add_agent
 from approvals.audit import verify_all
 from approvals.tables import audit_events, requests, slack_messages
 from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, final_events_per_chain, fresh_postgres, offer
-from tests.fake_slack import FakeSlack
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
 from tests.test_service_startup import free_port
@@ -57,7 +57,7 @@ async def cluster(replica_database: str, tmp_path: Path) -> AsyncIterator[dict[s
         )
     policies = tmp_path / "policies.yml"
     policies.write_text(TEST_POLICIES)
-    async with FakeSlack() as fake:
+    async with SandboxSlack() as fake:
         fake.users.update(USERS)
         receiver = await Receiver().start()
         ports = [free_port() for _ in range(REPLICAS)]

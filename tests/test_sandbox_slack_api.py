@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from tests.fake_slack import FakeSlack
+from app.sandbox.slack_api import SandboxSlack
 
 
 @pytest.fixture(autouse=True)
@@ -22,24 +22,24 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as server:
+async def fake() -> AsyncIterator[SandboxSlack]:
+    async with SandboxSlack() as server:
         yield server
 
 
 @pytest.fixture
-def client(fake: FakeSlack) -> AsyncWebClient:
+def client(fake: SandboxSlack) -> AsyncWebClient:
     return AsyncWebClient(token="xoxb-test", base_url=fake.api_url)
 
 
-async def test_auth_test_identifies_the_bot(client: AsyncWebClient, fake: FakeSlack) -> None:
+async def test_auth_test_identifies_the_bot(client: AsyncWebClient, fake: SandboxSlack) -> None:
     answer = await client.auth_test()
     assert (answer["team_id"], answer["user_id"], answer["bot_id"]) == ("T0TEAM", "UBOT", "BBOT")
     assert fake.calls_to("auth.test")[0].token == "xoxb-test"
 
 
 async def test_posting_records_the_blocks_and_returns_increasing_timestamps(
-    client: AsyncWebClient, fake: FakeSlack
+    client: AsyncWebClient, fake: SandboxSlack
 ) -> None:
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]
     first = await client.chat_postMessage(channel="C0HIRING", text="hi", blocks=blocks)
@@ -57,7 +57,7 @@ async def test_a_message_to_a_user_lands_in_their_dm(client: AsyncWebClient) -> 
     assert opened["channel"]["id"] == "D02CFO"
 
 
-async def test_form_bodies_have_their_json_fields_decoded(fake: FakeSlack, client: AsyncWebClient) -> None:
+async def test_form_bodies_have_their_json_fields_decoded(fake: SandboxSlack, client: AsyncWebClient) -> None:
     blocks = [{"type": "divider"}]
     await client.api_call(
         "chat.update", params={"channel": "C1", "ts": "1.2", "blocks": '[{"type": "divider"}]'}
@@ -77,7 +77,7 @@ async def test_update_ephemeral_permalink_and_views_answer_ok(client: AsyncWebCl
 
 
 async def test_users_and_groups_come_from_the_configured_directory(
-    client: AsyncWebClient, fake: FakeSlack
+    client: AsyncWebClient, fake: SandboxSlack
 ) -> None:
     fake.users["U01COO"] = {"name": "coo", "real_name": "Casey Oh", "email": "coo@example.com"}
     fake.usergroups["S0FIN"] = ["U01COO", "U02CFO"]
@@ -104,7 +104,7 @@ async def test_unknown_things_answer_ok_false(
 
 
 async def test_a_rate_limit_is_a_429_with_retry_after_then_clears(
-    client: AsyncWebClient, fake: FakeSlack
+    client: AsyncWebClient, fake: SandboxSlack
 ) -> None:
     fake.fail("chat.postMessage", retry_after=7)
     with pytest.raises(SlackApiError) as raised:
@@ -116,7 +116,7 @@ async def test_a_rate_limit_is_a_429_with_retry_after_then_clears(
     assert [call.failed for call in fake.calls_to("chat.postMessage")] == [True, False]
 
 
-async def test_server_errors_are_consumed_in_order(client: AsyncWebClient, fake: FakeSlack) -> None:
+async def test_server_errors_are_consumed_in_order(client: AsyncWebClient, fake: SandboxSlack) -> None:
     fake.fail("chat.update", times=2, status=500)
     fake.fail("chat.update", status=503)
     statuses = []
@@ -129,7 +129,7 @@ async def test_server_errors_are_consumed_in_order(client: AsyncWebClient, fake:
     assert statuses == [500, 500, 503, 200]
 
 
-async def test_an_error_forever_keeps_failing(client: AsyncWebClient, fake: FakeSlack) -> None:
+async def test_an_error_forever_keeps_failing(client: AsyncWebClient, fake: SandboxSlack) -> None:
     fake.fail("chat.postMessage", error="channel_not_found", times=None)
     for _ in range(3):
         with pytest.raises(SlackApiError) as raised:
@@ -138,7 +138,7 @@ async def test_an_error_forever_keeps_failing(client: AsyncWebClient, fake: Fake
         assert raised.value.response["error"] == "channel_not_found"
 
 
-async def test_response_url_posts_are_recorded(fake: FakeSlack) -> None:
+async def test_response_url_posts_are_recorded(fake: SandboxSlack) -> None:
     webhook = AsyncWebhookClient(fake.response_url("r1"))
     answer = await webhook.send(text="You are not an approver for this request.", response_type="ephemeral")
     assert answer.status_code == 200
@@ -149,7 +149,7 @@ async def test_response_url_posts_are_recorded(fake: FakeSlack) -> None:
     assert fake.responses_to("r2") == []
 
 
-async def test_wait_for_calls_returns_once_they_arrive(client: AsyncWebClient, fake: FakeSlack) -> None:
+async def test_wait_for_calls_returns_once_they_arrive(client: AsyncWebClient, fake: SandboxSlack) -> None:
     async def post_later() -> None:
         for _ in range(2):
             await asyncio.sleep(0.01)
@@ -161,6 +161,6 @@ async def test_wait_for_calls_returns_once_they_arrive(client: AsyncWebClient, f
     await task
 
 
-async def test_wait_for_calls_times_out_when_they_do_not(fake: FakeSlack) -> None:
+async def test_wait_for_calls_times_out_when_they_do_not(fake: SandboxSlack) -> None:
     with pytest.raises(TimeoutError, match=r"expected 1 calls to chat\.update"):
         await fake.wait_for_calls("chat.update", 1, timeout=0.05)

@@ -1,7 +1,7 @@
 """MFA step-up end to end: signed Slack click -> held intent -> "Verify with SSO" -> a real OIDC
 provider over HTTP -> callback -> verified ID token -> decision with evidence, and every way it fails.
 
-The browser is an aiohttp session following redirects; the IdP is tests/oidc_provider.py (real RS256
+The browser is an aiohttp session following redirects; the IdP is app/sandbox/identity_provider.py (real RS256
 tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-mock`.
 """
 
@@ -18,10 +18,10 @@ import pytest
 from aiohttp import ClientSession
 from sqlalchemy import func, select, update
 
+from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider, Login
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
 from tests.conftest import TEST_POLICIES, run_cli
-from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, Login, TestIdP
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 from tests.test_service_startup import free_port
 
@@ -54,7 +54,7 @@ COO = Login(sub="okta|coo", email="coo@example.com")
 @dataclass
 class Mfa:
     api: SlackApi
-    idp: TestIdP
+    idp: DevIdentityProvider
     browser: ClientSession
 
 
@@ -88,7 +88,10 @@ async def mfa_service(database_url: str, issuer: str, client_id: str, secret: st
 
 @pytest.fixture
 async def m(database_url: str) -> AsyncIterator[Mfa]:
-    async with TestIdP() as idp, mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api:
+    async with (
+        DevIdentityProvider() as idp,
+        mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api,
+    ):
         api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer", "approve_bonus"])
         async with ClientSession() as browser:
             yield Mfa(api, idp, browser)
@@ -457,7 +460,7 @@ async def test_end_to_end_against_a_third_party_provider(database_url: str) -> N
                 claims = {"email": "coo@example.com", "email_verified": True, "amr": ["pwd", "hwk"]}
                 async with browser.put(f"{issuer}/users/provider-coo", json=claims) as resp:
                     assert resp.status == 204
-                m = Mfa(api, TestIdP(), browser)
+                m = Mfa(api, DevIdentityProvider(), browser)
                 request_id = await _request(m)
                 url = await _held_link(m, request_id)
                 async with browser.get(url, allow_redirects=False) as resp:

@@ -8,8 +8,8 @@
 - the IdP's token endpoint down at the callback (503, connection refused) proves nothing: the same
   step-up link works again once the IdP is back, and of two tabs' callbacks only one decides.
 
-The service runs over real HTTP with the fake Slack (tests/fake_slack.py) and the test IdP
-(tests/oidc_provider.py); faults come from their own hooks. "Time passes" by moving stored times back.
+The service runs over real HTTP with the fake Slack (app/sandbox/slack_api.py) and the test IdP
+(app/sandbox/identity_provider.py); faults come from their own hooks. "Time passes" by moving stored times back.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pytest
 from aiohttp import ClientSession
 from sqlalchemy import select, update
 
+from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider
 from app.slack.clicks import MAX_IDENTITY_ATTEMPTS, identity_retry_delay
 from approvals.db import db_now
 from approvals.tables import slack_clicks, step_up_intents, step_ups
-from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, TestIdP
 from tests.test_step_up import (
     COO,
     Mfa,
@@ -45,7 +45,10 @@ T = TypeVar("T")
 
 @pytest.fixture
 async def m(database_url: str) -> AsyncIterator[Mfa]:
-    async with TestIdP() as idp, mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api:
+    async with (
+        DevIdentityProvider() as idp,
+        mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api,
+    ):
         api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer", "approve_bonus"])
         async with ClientSession() as browser:
             yield Mfa(api, idp, browser)

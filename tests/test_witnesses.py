@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.bootstrap import Container
 from app.config import ConfigError, load_settings
 from app.delivery.webhooks import sign
+from app.sandbox.slack_api import SandboxSlack
 from app.witnesses import SLACK_MARKER, WitnessFile, remote_witness_kinds
 from approvals.checkpoints import create_checkpoint
 from approvals.tables import outbox
 from approvals.witnessing import RECORD_TYPE, WITNESS_HTTP, queue_publication
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
-from tests.fake_slack import FakeSlack
 from tests.receiver import Receiver
 
 WITNESS_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -295,7 +295,7 @@ async def test_the_http_witness_receives_each_checkpoint_signed_and_retried(
 async def test_the_slack_witness_posts_each_checkpoint_and_verify_reads_the_channel(
     database_url: str,
 ) -> None:
-    async with FakeSlack() as fake:
+    async with SandboxSlack() as fake:
         container, server = await start_service(
             database_url,
             slack_bot_token="xoxb-test",

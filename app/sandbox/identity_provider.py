@@ -1,4 +1,5 @@
-"""A small OpenID Connect provider for tests: real HTTP, real RS256 signatures (PyJWT), and knobs.
+"""A small OpenID Connect provider (the tests' IdP, and the base of the sandbox's dev IdP): real HTTP, real
+RS256 signatures (PyJWT), and knobs.
 
 It implements what a relying party meets: discovery, JWKS, the authorization endpoint (answered
 headlessly: the "browser" follows its redirect), and the token endpoint with PKCE (S256), single-use
@@ -54,8 +55,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TestIdP:
-    """Start with `async with TestIdP() as idp`; `idp.issuer` is its URL."""
+class DevIdentityProvider:
+    """Start with `async with DevIdentityProvider() as idp`; `idp.issuer` is its URL."""
 
     __test__ = False
 
@@ -85,7 +86,7 @@ class TestIdP:
         app.router.add_post("/token", self._token)
         return app
 
-    async def __aenter__(self) -> TestIdP:
+    async def __aenter__(self) -> DevIdentityProvider:
         await self._server.start_server()
         self.issuer = str(self._server.make_url("")).rstrip("/")
         self._port = self._server.port

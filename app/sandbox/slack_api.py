@@ -1,4 +1,5 @@
-"""A fake Slack Web API on real HTTP (127.0.0.1, random port) for slack_sdk's and Bolt's own clients.
+"""Slack's Web API, the part the service uses, on real HTTP (127.0.0.1, random port): the tests' Slack,
+and the base of the sandbox's.
 
 Point `AsyncWebClient(token=..., base_url=fake.api_url)` at it. Every call is recorded with its decoded
 parameters; faults (429 with Retry-After, 5xx, `ok: false` errors) can be queued per method.
@@ -53,8 +54,8 @@ class _Fault:
     remaining: int | None  # None: forever
 
 
-class FakeSlack:
-    """The fake server; use `async with FakeSlack() as fake:` or `await fake.start()` / `await fake.stop()`."""
+class SandboxSlack:
+    """The fake server; use `async with SandboxSlack() as fake:` or `await fake.start()` / `await fake.stop()`."""
 
     def __init__(self, *, wall_clock: bool = False) -> None:
         # wall_clock: message timestamps follow the real clock (as Slack's do), for code that asks for
@@ -80,7 +81,7 @@ class FakeSlack:
 
     # -- lifetime -----------------------------------------------------------------------------------
 
-    async def start(self) -> FakeSlack:
+    async def start(self) -> SandboxSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response_url/{id}", self._response_url)
@@ -97,7 +98,7 @@ class FakeSlack:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeSlack:
+    async def __aenter__(self) -> SandboxSlack:
         return await self.start()
 
     async def __aexit__(
@@ -109,13 +110,13 @@ class FakeSlack:
     def api_url(self) -> str:
         """The base_url for slack_sdk clients (it posts to `{base_url}{method}`)."""
         if not self._base_url:
-            raise RuntimeError("FakeSlack is not started")
+            raise RuntimeError("SandboxSlack is not started")
         return f"{self._base_url}/api/"
 
     def response_url(self, response_id: str) -> str:
         """A response_url (as in an interaction payload) whose posts land in `responses`."""
         if not self._base_url:
-            raise RuntimeError("FakeSlack is not started")
+            raise RuntimeError("SandboxSlack is not started")
         return f"{self._base_url}/response_url/{response_id}"
 
     # -- what tests ask -----------------------------------------------------------------------------
