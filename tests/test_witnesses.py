@@ -56,6 +56,16 @@ async def _checkpoint(container: Container) -> dict[str, Any]:
     return row
 
 
+async def _witnessed(api: Api, tmp_path: Path, *batches: int) -> tuple[WitnessFile, list[list[str]]]:
+    """A witness file, and for each batch that many new requests, a checkpoint and a catch-up."""
+    witness, made = WitnessFile(tmp_path / "witness.jsonl"), []
+    for count in batches:
+        made.append([await _request(api) for _ in range(count)])
+        await _checkpoint(api.container)
+        await witness.catch_up(api.container.engine)
+    return witness, made
+
+
 async def _roll_back_to(container: Container, number: int, request_ids: list[str]) -> None:
     """The attack: someone with the database and the key removes the newest checkpoints and the
     requests after them, whole (rows, chains, heads), and signs a new checkpoint in their place."""
@@ -100,11 +110,7 @@ async def test_each_checkpoint_is_appended_to_the_witness_file(api: Api, tmp_pat
 async def test_verify_passes_with_a_witness_the_log_still_holds(
     api: Api, database_url: str, tmp_path: Path
 ) -> None:
-    witness = WitnessFile(tmp_path / "witness.jsonl")
-    for _ in range(2):
-        await _request(api)
-        await _checkpoint(api.container)
-        await witness.catch_up(api.container.engine)
+    witness, _ = await _witnessed(api, tmp_path, 1, 1)
     status, report = await _verify(database_url, "--witness", str(witness.path))
     assert status == 0, report
     [checked] = [w for w in report["witnesses"] if w["source"] == f"file {witness.path}"]
@@ -114,13 +120,7 @@ async def test_verify_passes_with_a_witness_the_log_still_holds(
 async def test_a_rolled_back_and_re_signed_log_is_caught_by_the_witness(
     api: Api, database_url: str, tmp_path: Path
 ) -> None:
-    witness = WitnessFile(tmp_path / "witness.jsonl")
-    await _request(api)
-    await _checkpoint(api.container)
-    await witness.catch_up(api.container.engine)
-    later = [await _request(api), await _request(api)]
-    await _checkpoint(api.container)
-    await witness.catch_up(api.container.engine)
+    witness, (_, later) = await _witnessed(api, tmp_path, 1, 2)
     before = witness.path.read_bytes()
 
     await _roll_back_to(api.container, 1, later)
@@ -160,10 +160,7 @@ async def test_a_witnessed_checkpoint_cut_from_the_log_is_named(
 async def test_an_altered_witness_copy_is_told_apart_from_a_rolled_back_log(
     api: Api, database_url: str, tmp_path: Path
 ) -> None:
-    witness = WitnessFile(tmp_path / "witness.jsonl")
-    await _request(api)
-    await _checkpoint(api.container)
-    await witness.catch_up(api.container.engine)
+    witness, _ = await _witnessed(api, tmp_path, 1)
     record = json.loads(witness.path.read_text())
     record["total_events"] += 1
     witness.path.write_text(json.dumps(record) + "\n")
@@ -202,10 +199,7 @@ async def test_a_named_witness_file_that_is_missing_fails_verify(api: Api, datab
 async def test_verify_checks_the_configured_witness_file_by_default(
     api: Api, database_url: str, tmp_path: Path
 ) -> None:
-    witness = WitnessFile(tmp_path / "witness.jsonl")
-    await _request(api)
-    await _checkpoint(api.container)
-    await witness.catch_up(api.container.engine)
+    witness, _ = await _witnessed(api, tmp_path, 1)
     async with api.container.engine.begin() as conn:
         await _superuser(conn)
         await conn.execute(text("DELETE FROM audit_checkpoints"))
@@ -366,10 +360,7 @@ def test_witness_settings_are_checked_at_start(tmp_path: Path) -> None:
 
 
 async def test_a_line_torn_by_a_crash_is_dropped_before_the_next_append(api: Api, tmp_path: Path) -> None:
-    witness = WitnessFile(tmp_path / "witness.jsonl")
-    await _request(api)
-    await _checkpoint(api.container)
-    await witness.catch_up(api.container.engine)
+    witness, _ = await _witnessed(api, tmp_path, 1)
     await _request(api)
     await _checkpoint(api.container)
     with witness.path.open("ab") as handle:  # the service died half way through writing record 2
