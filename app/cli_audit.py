@@ -77,6 +77,13 @@ def _key() -> CheckpointKey:
     "after its service stopped).",
 )
 @click.option(
+    "--since",
+    "since_text",
+    metavar="TIME",
+    help="Report gaps between checkpoints only from this ISO 8601 time on, e.g. when this version (with "
+    "heartbeat checkpoints) was installed: before it, an idle log wrote none.",
+)
+@click.option(
     "--witness",
     "witness_files",
     multiple=True,
@@ -98,6 +105,7 @@ def audit_verify(
     in_process: bool,
     strict: bool,
     as_of_text: str | None,
+    since_text: str | None,
     witness_files: tuple[Path, ...],
     witness_channels: tuple[str, ...],
     as_json: bool,
@@ -111,6 +119,7 @@ def audit_verify(
     key = _key()
     try:
         as_of = parse_time(as_of_text, "--as-of")
+        since = parse_time(since_text, "--since")
     except DomainError as exc:
         fail(f"error: {exc.message}")
     exported = json.loads(exported_file.read_text()) if exported_file else None
@@ -126,6 +135,7 @@ def audit_verify(
             hash_in_database=not in_process,
             interval=interval,
             as_of=as_of,
+            gaps_since=since,
         )
         witnesses = await check_witnesses(
             engine,

@@ -521,11 +521,17 @@ class CheckpointTimeline:
 
 
 async def checkpoint_timeline(
-    conn: AsyncConnection, *, longest: dt.timedelta, as_of: dt.datetime | None = None
+    conn: AsyncConnection,
+    *,
+    longest: dt.timedelta,
+    as_of: dt.datetime | None = None,
+    since: dt.datetime | None = None,
 ) -> CheckpointTimeline:
     """Every stretch longer than `longest` between consecutive checkpoints, and from the newest to
     `as_of` (default: the database's clock now). With heartbeats (create_checkpoint's interval) the
-    service leaves none while it runs; a gap is a time it was down, or checkpoints removed."""
+    service leaves none while it runs; a gap is a time it was down, or checkpoints removed. A gap that
+    began before `since` is not reported: checkpoints written before heartbeats left one whenever the
+    log was idle."""
     when = as_of if as_of is not None else await db_now(conn)
     gaps: list[CheckpointGap] = []
     more = 0
@@ -536,7 +542,8 @@ async def checkpoint_timeline(
         .execution_options(yield_per=10_000)
     )
     async for number, created_at in result:
-        if previous is not None and created_at - previous[1] > longest:
+        began_in_view = since is None or (previous is not None and previous[1] >= since)
+        if previous is not None and began_in_view and created_at - previous[1] > longest:
             if len(gaps) < MOST_GAPS_NAMED:
                 gaps.append(CheckpointGap(previous[0], int(number), created_at - previous[1]))
             else:

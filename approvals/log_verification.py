@@ -93,10 +93,12 @@ async def verify_audit_log(
     hash_in_database: bool = True,
     interval: dt.timedelta | None = None,
     as_of: dt.datetime | None = None,
+    gaps_since: dt.datetime | None = None,
 ) -> LogVerdict:
     """Recompute every hash chain and every signed checkpoint (see verify_all, verify_checkpoints),
     compare every request row with its chain (check_consistency), and, given the checkpoint
-    `interval`, report the newest checkpoint's age and every gap as seen from `as_of` (default now)."""
+    `interval`, report the newest checkpoint's age and every gap as seen from `as_of` (default now),
+    gaps between checkpoints only from `gaps_since` on (a log kept before heartbeats has idle gaps)."""
 
     async def chains() -> VerifyReport:
         async with engine.begin() as conn:
@@ -113,7 +115,9 @@ async def verify_audit_log(
             consistency = await check_consistency(conn)
             if interval is None:
                 return consistency, None
-            return consistency, await checkpoint_timeline(conn, longest=interval * GAP_INTERVALS, as_of=as_of)
+            return consistency, await checkpoint_timeline(
+                conn, longest=interval * GAP_INTERVALS, as_of=as_of, since=gaps_since
+            )
 
     if engine.dialect.name == "sqlite":  # one writer, one file: nothing to gain from more sessions
         report = await chains()

@@ -336,6 +336,13 @@ async def test_no_checkpoint_an_old_checkpoint_and_a_gap_are_findings_that_fail_
     assert (gap["code"], gap["checkpoint"], gap["fails"]) == ("checkpoint_gap", 2, False)
     assert "passed between checkpoints 1 and 2, more than 2 checkpoint intervals of 300 s" in gap["message"]
     assert report["newest_checkpoint"]["number"] == 2 and report["newest_checkpoint"]["age_seconds"] < 300
+    # A log kept before heartbeats has a gap wherever it was idle: --since judges gaps from then on.
+    async with api.container.engine.connect() as conn:
+        upgraded = (await db_now(conn) - dt.timedelta(hours=1)).isoformat()
+    code, report = await _verify(database_url, "--since", upgraded, "--strict")
+    assert (code, report["ok"], report["findings"]) == (0, True, []), report
+    bad_since = await run_cli(database_url, "audit", "verify", "--since", "last week")
+    assert bad_since.returncode == 2 and "--since must be an ISO 8601 date or date-time" in bad_since.stderr
 
     # Verified a day later (say, by an auditor after the service was shut down): the newest is too old.
     async with api.container.engine.connect() as conn:
