@@ -177,7 +177,6 @@ async def build_container(
         CALLBACK, callbacks.deliver, concurrency=CALLBACK_CONCURRENCY, prepare=callbacks.prepare
     )
     container.dispatcher.on_close(callbacks.close)
-    register_witnesses(container)
     if settings.slack_enabled:
         from app.slack.runtime import build_slack
 
@@ -190,16 +189,12 @@ async def build_container(
             oidc=container.oidc,
             single_statements=container.single_statements,
         )
-        if settings.checkpoint_witness_slack_channel:
-            witness = SlackWitness(
-                client=container.slack.client, channel=settings.checkpoint_witness_slack_channel
-            )
-            container.dispatcher.register(WITNESS_SLACK, witness.deliver, concurrency=1)
+    register_witnesses(container)
     return container
 
 
 def register_witnesses(container: Container) -> None:
-    """The witness file and the HTTP witness's outbox handler, as configured (Slack's comes with Slack)."""
+    """The witness file and the HTTP and Slack witnesses' outbox handlers, as configured."""
     settings = container.settings
     path = settings.witness_file_path
     container.witness_file = WitnessFile(path) if path is not None else None
@@ -208,6 +203,10 @@ def register_witnesses(container: Container) -> None:
             url=settings.checkpoint_witness_url, secret=settings.checkpoint_witness_secret.get_secret_value()
         )
         container.dispatcher.register(WITNESS_HTTP, http.deliver, concurrency=1)
+    channel = settings.checkpoint_witness_slack_channel
+    if channel and container.slack is not None:
+        slack = SlackWitness(client=container.slack.client, channel=channel)
+        container.dispatcher.register(WITNESS_SLACK, slack.deliver, concurrency=1)
     # Where copies of the checkpoints go: only the witness URL's host (its path or query may hold a token).
     log.info(
         "checkpoint_witnesses",

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a Slack channel ID such as C0AUDIT (not a #name)")
         return value
 
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        # slack_sdk joins method names onto the base URL: it must end in "/".
+        return value if value.endswith("/") else value + "/"
+
     @field_validator("public_url", "slack_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

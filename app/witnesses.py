@@ -34,6 +34,7 @@ from app.config import Settings
 from app.delivery.webhooks import deliver, next_retry_delay
 from app.dispatcher import Settlement
 from app.ssrf import CallbackAllowList
+from approvals.audit import canonical_text
 from approvals.checkpoints import Verifier
 from approvals.outbox import Claimed
 from approvals.tables import audit_checkpoints
@@ -72,10 +73,6 @@ def remote_witness_kinds(settings: Settings) -> list[str]:
     if settings.checkpoint_witness_slack_channel:
         kinds.append(WITNESS_SLACK)
     return kinds
-
-
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
 class WitnessFile:
@@ -219,7 +216,7 @@ class WitnessFile:
                         .order_by(audit_checkpoints.c.number)
                     )
                 ).mappings()
-                lines = [_dumps(witness_record(row)) for row in rows]
+                lines = [canonical_text(witness_record(row)) for row in rows]
             if lines:
                 await asyncio.to_thread(self._append, lines)
             return len(lines)
@@ -255,7 +252,7 @@ class HttpWitness:
 
     async def deliver(self, item: Claimed) -> Settlement:
         record = item.payload["record"]
-        body = _dumps({"type": HTTP_EVENT_TYPE, "data": record}).encode()
+        body = canonical_text({"type": HTTP_EVENT_TYPE, "data": record}).encode()
         result = await deliver(
             url=self._url,
             body=body,
@@ -282,7 +279,7 @@ def slack_text(record: dict[str, Any]) -> str:
     """The message: a line for people, then the record itself for `audit verify` to read back."""
     return (
         f"{SLACK_MARKER} {record['number']}: {record['total_events']} events, "
-        f"running hash {record['running_hash'][:16]}…\n```{_dumps(record)}```"
+        f"running hash {record['running_hash'][:16]}…\n```{canonical_text(record)}```"
     )
 
 
@@ -447,10 +444,9 @@ async def _check_slack(
     source = f"Slack channel {channel}"
     if settings.slack_bot_token is None:
         return WitnessResult(source, error="SLACK_BOT_TOKEN is not set: the channel cannot be read")
-    base_url = (
-        settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
+    client = AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=30
     )
-    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=base_url, timeout=30)
     # conversations.history is Tier 3 (about 50 calls a minute): wait out a 429 as Slack asks.
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=10))
     try:

@@ -128,8 +128,9 @@ async def check_witnessed(
 ) -> WitnessCheck:
     """Every record a witness holds must be in the database unchanged; the first that is not is named.
 
-    A record the service's key did not sign is reported as such (the witness's copy was altered or is
-    not ours), before it is compared, so that a tampered copy is not mistaken for a rolled-back log.
+    A record that differs and that the service's key did not sign is reported as such (the witness's
+    copy was altered or is not ours), so that a tampered copy is not mistaken for a rolled-back log. A
+    record identical to the database's is not verified again: verify_checkpoints checks that copy.
     """
     by_number: dict[int, dict[str, Any]] = {}
     for record in records:
@@ -158,17 +159,17 @@ async def check_witnessed(
     }
     for number in sorted(by_number):
         record = by_number[number]
+        if stored.get(number) == record:
+            continue  # the database's copy, whose signature verify_checkpoints checks
         if not record_signature_valid(record, verify):
             problem = "the witness's record does not carry this service's signature (altered copy?)"
         elif number not in stored:
             problem = "witnessed, but no longer in the database (the log was rolled back or cut)"
-        elif stored[number] != record:
+        else:
             changed = sorted(k for k in RECORD_FIELDS if stored[number].get(k) != record.get(k))
             problem = (
                 "the database's checkpoint differs from the witnessed one "
                 f"({', '.join(changed)}): the log was rewritten after it was witnessed"
             )
-        else:
-            continue
         return WitnessCheck(source, len(by_number), newest, WitnessProblem(source, number, problem))
     return WitnessCheck(source, len(by_number), newest, None)

@@ -72,9 +72,11 @@ async def post_request(request: web.Request) -> web.Response:
     principal = await _agent(request)
     key = _idempotency_key(request)
     body = parse_body(CreateRequestBody, await read_json_object(request))
+    new = NewRequest(**body.model_dump())
+    # Parsed once, here: a 422 for text that names nobody, before anything is looked up or written.
+    new = new.with_requester(new.identity())
     if body.callback_url is not None:
         await check_callback_url(body.callback_url, container.allow_list)
-    new = NewRequest(**body.model_dump())
     requester: Requester | None = None
     # A concurrent holder of the same key may roll back; then this caller gets to create it.
     for _attempt in range(5):

@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from approvals.errors import InvalidInput
-from approvals.principals import parse_requester
 
 MAX_PARAMS_DEPTH = 32
 MAX_LIFETIME_SECONDS = 366 * 24 * 3600
@@ -39,12 +38,7 @@ def check_http_url(value: str) -> str:
 Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_http_url)]
 
 
-def check_requester(value: str) -> str:
-    """An email address or a Slack user ID (approvals.principals says which forms and why)."""
-    parse_requester(value)
-    return value
-
-
+# Which forms are accepted, and why, is approvals.principals's (NewRequest.identity, at intake).
 RequesterText = Annotated[
     str,
     Field(
@@ -56,7 +50,6 @@ RequesterText = Annotated[
             "case, full-width letters and a +tag sub-address make no difference."
         ),
     ),
-    AfterValidator(check_requester),
 ]
 
 

@@ -45,11 +45,10 @@ def build_slack(
 ) -> SlackRuntime:
     """The Slack runtime; every client it makes honours SLACK_API_URL."""
     assert settings.slack_bot_token is not None
-    base_url = (
-        settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
-    )
     client = AsyncWebClient(
-        token=settings.slack_bot_token.get_secret_value(), base_url=base_url, timeout=SLACK_TIMEOUT_SECONDS
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=SLACK_TIMEOUT_SECONDS,
     )
     signing_secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
