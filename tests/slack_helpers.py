@@ -95,6 +95,22 @@ def block_actions(
     }
 
 
+def slash_command(text: str = "", *, user: str = "U01COO") -> dict[str, str]:
+    """The form Slack posts for `/approvals` typed in #hiring."""
+    return {
+        "token": "t",
+        "team_id": TEAM_ID,
+        "user_id": user,
+        "user_name": "cora",
+        "command": "/approvals",
+        "text": text,
+        "channel_id": "C0HIRING",
+        "response_url": "http://127.0.0.1:9/none",
+        "trigger_id": "1.2.3",
+        "api_app_id": "A0APP",
+    }
+
+
 def view_submission(
     private_metadata: str, reason: str, *, user: str, view_id: str = "V0001"
 ) -> dict[str, Any]:

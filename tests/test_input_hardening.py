@@ -25,7 +25,7 @@ from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
 from tests.receiver import Receiver
-from tests.slack_helpers import SlackApi, slack_service, view_submission
+from tests.slack_helpers import SlackApi, slack_service, slash_command, view_submission
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -440,18 +440,7 @@ async def test_nul_in_slash_command_text_still_lists_pending_requests(slack: Sla
     await slack.post("/v1/requests", offer())
     assert slack.fake is not None
     await slack.fake.wait_for_calls("chat.postMessage", 1)
-    form = {
-        "token": "t",
-        "team_id": "T0TEAM",
-        "user_id": "U01COO",
-        "user_name": "cora",
-        "command": "/approvals",
-        "text": f"list{NUL}all",
-        "channel_id": "C0HIRING",
-        "response_url": "http://127.0.0.1:9/none",
-        "trigger_id": "1.2.3",
-        "api_app_id": "A0APP",
-    }
+    form = slash_command(f"list{NUL}all")
     resp = await slack.slack_form(form)
     assert resp.status == 200
     body = await resp.json()

@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, slack_clicks
 from tests.conftest import TEST_POLICIES, offer
-from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
+from tests.slack_helpers import SlackApi, block_actions, slack_service, slash_command, view_submission
 
 
 @pytest.fixture
@@ -363,18 +363,7 @@ async def test_sixty_kilobytes_of_params_make_a_valid_truncated_card(slack: Slac
 
 async def test_slash_command_lists_what_awaits_the_caller(slack: SlackApi) -> None:
     _request_id, _ = await _pending_card(slack)
-    form = {
-        "token": "t",
-        "team_id": "T0TEAM",
-        "user_id": "U01COO",
-        "user_name": "cora",
-        "command": "/approvals",
-        "text": "",
-        "channel_id": "C0HIRING",
-        "response_url": "http://127.0.0.1:9/none",
-        "trigger_id": "1.2.3",
-        "api_app_id": "A0APP",
-    }
+    form = slash_command()
     resp = await slack.slack_form(form)
     assert resp.status == 200
     body = await resp.json()

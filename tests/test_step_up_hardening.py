@@ -17,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from aiohttp import ClientSession
 from sqlalchemy import select, update
 
-from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider
 from app.slack.clicks import MAX_IDENTITY_ATTEMPTS, identity_retry_delay
 from approvals.db import db_now
 from approvals.tables import slack_clicks, step_up_intents, step_ups
@@ -37,21 +35,10 @@ from tests.test_step_up import (
     _held_link,
     _request,
     _sign_in,
-    mfa_service,
 )
+from tests.test_step_up import m as m  # the fixture: the step-up service, its IdP and a browser
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def m(database_url: str) -> AsyncIterator[Mfa]:
-    async with (
-        DevIdentityProvider() as idp,
-        mfa_service(database_url, idp.issuer, CLIENT_ID, CLIENT_SECRET) as api,
-    ):
-        api.key = await api.add_agent("payroll-bot", ["approve_payroll", "wire_transfer", "approve_bonus"])
-        async with ClientSession() as browser:
-            yield Mfa(api, idp, browser)
 
 
 async def _eventually(probe: Callable[[], Awaitable[T]], what: str, timeout: float = 10) -> T:
