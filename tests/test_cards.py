@@ -20,6 +20,7 @@ from app.slack.cards import (
     ephemeral_text,
     escape_mrkdwn,
     redact_params,
+    step_up_prompt,
 )
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, ActionId, CallbackId
 
@@ -465,3 +466,16 @@ def test_refused_clicks_are_explained_in_plain_words(code: str, words: str) -> N
 def test_an_expired_or_unknown_refusal_still_gets_words() -> None:
     assert "expired" in ephemeral_text("expired")
     assert ephemeral_text("something_new")
+
+
+@pytest.mark.parametrize(
+    "expires_at", [NOW + dt.timedelta(minutes=10), (NOW + dt.timedelta(minutes=10)).replace(tzinfo=None)]
+)
+def test_the_step_up_prompt_says_until_when_the_link_works(expires_at: dt.datetime) -> None:
+    # The use case hands the prompt a datetime (naive ones are UTC, as the database's are).
+    text, blocks = step_up_prompt("https://approvals.example.com/step-up/i1", "approve", expires_at)
+    moment = int((NOW + dt.timedelta(minutes=10)).timestamp())
+    assert "unknown time" not in text
+    assert f"until <!date^{moment}^{{date_short_pretty}} at {{time}}|2024-05-01T10:10:00Z>." in text
+    assert blocks[0]["text"]["text"] == text
+    assert blocks[1]["elements"][0]["url"] == "https://approvals.example.com/step-up/i1"

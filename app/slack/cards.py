@@ -138,6 +138,9 @@ def _mrkdwn(text: str) -> Block:
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
+    """A moment from our rows (ISO text) or from a use case's result (a datetime); None if neither."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if not isinstance(value, str) or not value:
         return None
     try:
