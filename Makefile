@@ -1,5 +1,5 @@
-# The README's commands. `make run` starts the service on its embedded default; `make test` runs
-# every check (lint, types, the test suite on SQLite and, when reachable, PostgreSQL).
+# The README's commands. `make run` starts the service on its embedded default, with the sandbox;
+# `make test` runs every check (lint, types, the test suite on SQLite and, when reachable, PostgreSQL).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# With no Slack or IdP configured, the service also serves its local sandbox at /sandbox.
 run: $(STAMP)
-	$(BIN)/approvals serve
+	$(BIN)/approvals serve --sandbox=auto
 
 test: lint typecheck pytest
 

@@ -6,12 +6,14 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from typing import Literal
 
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.bootstrap import StartupError
 from app.cli_audit import audit, keys
+from app.cli_demo import demo
 from app.cli_identities import identities
 from app.cli_retention import retention
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
@@ -31,14 +33,30 @@ def main() -> None:
 
 
 @main.command()
-def serve() -> None:
+@click.option(
+    "--sandbox",
+    type=click.Choice(["on", "auto", "off"]),
+    is_flag=False,
+    flag_value="on",
+    default="off",
+    show_default=True,
+    help="Also serve the local Slack sandbox and dev identity provider at /sandbox (never with Slack "
+    "or an IdP configured); `auto`: only when neither is configured.",
+)
+@click.option(
+    "--sandbox-remote",
+    is_flag=True,
+    help="Serve the sandbox beyond the loopback interface (it has no sign-in: anyone who reaches it "
+    "acts as any sandbox user).",
+)
+def serve(sandbox: Literal["on", "auto", "off"], sandbox_remote: bool) -> None:
     """Start the HTTP service, Slack handling and the scheduler."""
     from app.serve import serve as run_service
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
     try:
-        asyncio.run(run_service(settings))
+        asyncio.run(run_service(settings, sandbox=sandbox, sandbox_remote=sandbox_remote))
     except (StartupError, PolicyError) as exc:
         fail(f"error: {exc}")
     except OSError as exc:
@@ -219,6 +237,7 @@ main.add_command(audit)
 main.add_command(keys)
 main.add_command(retention)
 main.add_command(identities)
+main.add_command(demo)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ import signal
 import structlog
 from aiohttp import web
 
-from app.bootstrap import build_container
+from app.bootstrap import Container, StartupError, build_container
 from app.config import Settings
+from app.sandbox import mode as sandbox_mode
+from app.sandbox import routes as sandbox_routes
+from app.sandbox.mode import Sandbox, SandboxChoice
 from app.slack.socket_mode import socket_mode
 from app.tasks import drain_background_tasks
 from app.web import build_app
@@ -34,10 +37,22 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until a stop signal; startup errors propagate before the port is opened."""
+async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_remote: bool = False) -> None:
+    """Run until a stop signal; startup errors propagate before the port is opened.
+
+    `sandbox` (`on`, or `auto`: when neither Slack nor an IdP is configured) also serves the local Slack
+    sandbox and dev IdP, and points the service at them (app/sandbox/mode.py).
+    """
+    local: Sandbox | None = None
+    if sandbox_mode.wanted(sandbox, settings):
+        try:
+            settings, local = sandbox_mode.prepare(settings, allow_remote=sandbox_remote)
+        except sandbox_mode.SandboxRefused as exc:
+            raise StartupError(str(exc)) from None
     container = await build_container(settings)
-    if container.slack is None:
+    if local is not None:
+        log.warning("sandbox_mode", url=local.url, note=sandbox_mode.NOT_SLACK)
+    elif container.slack is None:
         log.info("slack_disabled", reason="no SLACK_BOT_TOKEN set; cards are not posted")
     else:
         log.info(
@@ -46,6 +61,9 @@ async def serve(settings: Settings) -> None:
             api_url=settings.slack_api_url,
         )
     app = build_app(container)
+    if local is not None:
+        sandbox_routes.register(app, local)
+        await local.demo.register(container.engine)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -63,6 +81,7 @@ async def serve(settings: Settings) -> None:
             policies=str(settings.policies),
             policy_version=container.policies.version,
         )
+        print_banner(settings, container, local)
         async with contextlib.AsyncExitStack() as stack:
             if container.slack is not None and settings.slack_app_token is not None:
                 await stack.enter_async_context(
@@ -72,9 +91,37 @@ async def serve(settings: Settings) -> None:
             log.info("stopping")
     finally:
         await runner.cleanup()
+        if local is not None:
+            await local.close()
         await container.dispatcher.close()
         if container.slack is not None:
             container.slack.clicks.close()  # queued clicks stay in the inbox for the next start
         # Clicks being decided by the workers (and other work after a response): let them commit.
         await drain_background_tasks()
         await container.dispose()
+
+
+def print_banner(settings: Settings, container: Container, sandbox: Sandbox | None) -> None:
+    """The first screen: where to go, where the data is, what to try next (stdout, once)."""
+    base = settings.public_url.rstrip("/")
+    database = container.engine.url.render_as_string(hide_password=True)
+    lines = ["", "  Approvals is running."]
+    if sandbox is not None:
+        lines += [
+            "  Sandbox mode: Slack and the sign-in are local stand-ins, not the real ones.",
+            "",
+            f"  Sandbox (open in a browser):  {sandbox.url}",
+        ]
+    lines += [
+        f"  API:                          {base}/v1/requests  (OpenAPI: {base}/openapi.json)",
+        f"  Health:                       {base}/healthz, {base}/readyz",
+        f"  Data:                         {database}",
+        f"  Keys:                         {settings.checkpoint_key_file}",
+    ]
+    if sandbox is not None:
+        lines += ["", "  Next: open the sandbox and click 'Post a sample offer-letter request',"]
+        lines += ["        or run `.venv/bin/approvals demo request` in another terminal."]
+    elif container.slack is None:
+        lines += ["", "  Slack is not configured: run `make run` with no Slack tokens to try the sandbox,"]
+        lines += ["  or see the README (Slack: Install the app) to connect a workspace."]
+    print("\n".join([*lines, ""]), flush=True)

@@ -243,3 +243,8 @@ async def authenticate(conn: AsyncConnection, presented_key: str) -> Principal:
         agent_name=row.agent_name,
         actions=tuple(row.actions or ()),
     )
+
+
+async def webhook_secret_of(conn: AsyncConnection, name: str) -> str:
+    """The secret an agent's callbacks are signed with (kept in clear: the service signs with it)."""
+    return str((await _agent_by_name(conn, name)).webhook_secret)

@@ -176,7 +176,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
-        "policies": Path("policies.yml"),
+        "policies": Path("tests/data/policies.yml"),
         "callback_allow_hosts": [],
         "auto_migrate": False,
         "checkpoint_key": TEST_CHECKPOINT_KEY,

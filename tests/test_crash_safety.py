@@ -150,7 +150,7 @@ class Crash:
         env |= {
             "APPROVALS_DATABASE_URL": self.database_url,
             "APPROVALS_PORT": str(port),
-            "APPROVALS_POLICIES": str(ROOT / "policies.yml"),
+            "APPROVALS_POLICIES": str(ROOT / "tests" / "data" / "policies.yml"),
             "APPROVALS_AUTO_MIGRATE": "false",
             "APPROVALS_SCHEDULER_INTERVAL_SECONDS": "0.2",
             "APPROVALS_OUTBOX_LEASE_SECONDS": "1",

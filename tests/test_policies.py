@@ -56,10 +56,10 @@ def test_the_example_policies_file_loads_with_the_documented_rules() -> None:
 
     offer = rules["send_offer_letter"]
     assert offer.decision == "require_approval"
-    assert offer.approvers == Approvers(users=["U01COO"])
+    assert offer.approvers == Approvers(users=["U01COO", "U09REC"])
     assert offer.channel == "C0HIRING"
-    # MFA is off in the example so the embedded default starts without an IdP (see the file).
-    assert (offer.mfa.required, offer.mfa.max_age) == (False, 600)
+    # Offer letters need a fresh MFA sign-in: `make run` brings the sandbox's dev IdP for it.
+    assert (offer.mfa.required, offer.mfa.max_age) == (True, 600)
     assert offer.expires_in == 24 * 3600
     assert offer.remind_at == ["50%", "90%"]
     assert offer.redact == ["params.salary"]

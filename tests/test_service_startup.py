@@ -50,7 +50,7 @@ def _env(database_url: str, port: int, **extra: str) -> dict[str, str]:
         **os.environ,
         "APPROVALS_DATABASE_URL": database_url,
         "APPROVALS_PORT": str(port),
-        "APPROVALS_POLICIES": "policies.yml",
+        "APPROVALS_POLICIES": "tests/data/policies.yml",
         **extra,
     }
 

@@ -42,7 +42,7 @@ def _serve(database_url: str, logs: Path) -> tuple[subprocess.Popen[bytes], int,
     env |= {
         "APPROVALS_DATABASE_URL": database_url,
         "APPROVALS_PORT": str(port),
-        "APPROVALS_POLICIES": str(ROOT / "policies.yml"),
+        "APPROVALS_POLICIES": str(ROOT / "tests" / "data" / "policies.yml"),
         "APPROVALS_AUTO_MIGRATE": "false",
         "APPROVALS_SCHEDULER_INTERVAL_SECONDS": "0.2",
     }

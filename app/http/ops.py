@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 from typing import Any
 
 from aiohttp import web
@@ -80,7 +81,57 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_spec(container_of(request).settings.public_url))
 
 
+# The route name app/sandbox/routes.py gives the sandbox page, when sandbox mode serves one.
+SANDBOX_ROUTE = "sandbox"
+
+
+async def index(request: web.Request) -> web.Response:
+    """What is here: links to the sandbox (in sandbox mode), the API description and the health checks;
+    JSON when asked for it, a small page otherwise."""
+    base = container_of(request).settings.public_url.rstrip("/")
+    links = {
+        "openapi": f"{base}/openapi.json",
+        "requests": f"{base}/v1/requests",
+        "healthz": f"{base}/healthz",
+        "readyz": f"{base}/readyz",
+        "metrics": f"{base}/metrics",
+    }
+    if SANDBOX_ROUTE in request.app.router.named_resources():
+        links = {"sandbox": f"{base}/sandbox"} | links
+    body = {
+        "service": "approvals",
+        "description": "Human approval for AI agents, decided in Slack.",
+        "links": links,
+    }
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and "text/html" not in accept:
+        return web.json_response(body)
+    labels = {
+        "sandbox": "Sandbox: try an approval with a local Slack and a dev sign-in",
+        "openapi": "OpenAPI description of the agent and audit API",
+        "requests": "Agent API (POST an approval request with an agent key)",
+        "healthz": "Liveness check",
+        "readyz": "Readiness check (database reachable and migrated)",
+        "metrics": "Prometheus metrics",
+    }
+    items = "\n".join(
+        f'<li><a href="{html.escape(url)}">{html.escape(labels[name])}</a></li>'
+        for name, url in links.items()
+    )
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>approvals</title></head><body>\n'
+        "<h1>approvals</h1>\n<p>Human approval for AI agents, decided in Slack.</p>\n"
+        f"<ul>\n{items}\n</ul>\n</body></html>\n"
+    )
+    headers = {
+        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        "Cache-Control": "no-store",
+    }
+    return web.Response(text=page, content_type="text/html", headers=headers)
+
+
 def register(app: web.Application) -> None:
+    app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -108,8 +108,20 @@ class DevIdentityProvider:
 
     __test__ = False
 
-    def __init__(self, people: Iterable[Person] = ()) -> None:
+    def __init__(
+        self,
+        people: Iterable[Person] = (),
+        *,
+        client_id: str = CLIENT_ID,
+        client_secret: str = CLIENT_SECRET,
+        redirect_uris: Iterable[str] | None = None,
+    ) -> None:
         self.people: list[Person] = list(people)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        # The sandbox's IdP signs people in for one relying party only: its own callback URL. None
+        # (the tests') accepts any absolute http(s) redirect_uri.
+        self.redirect_uris = frozenset(redirect_uris) if redirect_uris is not None else None
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "k1"
         self.rogue_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -130,12 +142,21 @@ class DevIdentityProvider:
 
     def _app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/jwks", self._jwks)
-        app.router.add_get("/authorize", self._authorize)
-        app.router.add_post("/authorize", self._authorize_choice)
-        app.router.add_post("/token", self._token)
+        self._add_routes(app.router, "")
         return app
+
+    def _add_routes(self, router: web.UrlDispatcher, prefix: str) -> None:
+        router.add_get(prefix + "/.well-known/openid-configuration", self._discovery)
+        router.add_get(prefix + "/jwks", self._jwks)
+        router.add_get(prefix + "/authorize", self._authorize)
+        router.add_post(prefix + "/authorize", self._authorize_choice)
+        router.add_post(prefix + "/token", self._token)
+
+    def add_routes(self, router: web.UrlDispatcher, base_url: str, prefix: str) -> None:
+        """Serve the IdP from another application's router under `prefix`; the issuer is then
+        `base_url + prefix` (the sandbox mounts it at /sandbox/idp on the service's own port)."""
+        self._add_routes(router, prefix)
+        self.issuer = base_url.rstrip("/") + prefix
 
     async def __aenter__(self) -> DevIdentityProvider:
         await self._server.start_server()
@@ -154,6 +175,10 @@ class DevIdentityProvider:
         """Back on the same address (the issuer is unchanged), codes and keys as they were."""
         self._server = TestServer(self._app(), port=self._port)
         await self._server.start_server()
+
+    def _path(self, path: str) -> str:
+        """`path` under wherever the IdP is served (its issuer's path)."""
+        return urlsplit(self.issuer).path.rstrip("/") + path
 
     def _unavailable(self) -> web.Response | None:
         return web.Response(status=503, text="down for maintenance") if self.down else None
@@ -214,7 +239,7 @@ class DevIdentityProvider:
             return down
         try:
             params = _single_values(request.query.items())
-            _check_authorization_request(params)
+            _check_authorization_request(params, self.client_id, self.redirect_uris)
         except _BadRequest as refused:
             return _page("Sign-in refused", _paragraph(str(refused)), status=400)
         transaction = self._remember(params)
@@ -283,7 +308,7 @@ class DevIdentityProvider:
         target = html.escape(params["redirect_uri"])
         return (
             f"<p>Signing in to <code>{client}</code>, returning to <code>{target}</code>.</p>\n"
-            '<form method="post" action="/authorize">\n'
+            f'<form method="post" action="{html.escape(self._path("/authorize"))}">\n'
             + "\n".join(hidden)
             + "\n<fieldset><legend>Who signs in</legend>\n"
             + "\n".join(people)
@@ -299,8 +324,9 @@ class DevIdentityProvider:
             return web.Response(status=self.token_status, text="token service unavailable")
         self.token_calls += 1
         form = await request.post()
-        expected_auth = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if request.headers.get("Authorization") != expected_auth:
+        credentials = f"{self.client_id}:{self.client_secret}".encode()
+        expected_auth = "Basic " + base64.b64encode(credentials).decode()
+        if not hmac.compare_digest(request.headers.get("Authorization", ""), expected_auth):
             return web.json_response({"error": "invalid_client"}, status=401)
         code = str(form.get("code", ""))
         grant = self._codes.get(code)
@@ -317,7 +343,7 @@ class DevIdentityProvider:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": CLIENT_ID,
+            "aud": self.client_id,
             "sub": login.sub,
             "iat": now,
             "exp": now + 300,
@@ -364,13 +390,16 @@ def _single_values(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return values
 
 
-def _check_authorization_request(params: Mapping[str, str]) -> None:
+def _check_authorization_request(
+    params: Mapping[str, str], client_id: str, redirect_uris: frozenset[str] | None
+) -> None:
     """What the page needs before offering a sign-in: a known client, a code flow with PKCE, and a
-    redirect_uri that is an absolute http(s) URL (errors are shown here, never sent to a bad URL)."""
+    redirect_uri that is an absolute http(s) URL, one of `redirect_uris` when given (errors are shown
+    here, never sent to a bad URL)."""
     missing = [name for name in _REQUIRED_PARAMS if not params.get(name)]
     if missing:
         raise _BadRequest(f"The authorization request lacks {', '.join(missing)}.")
-    if params["client_id"] != CLIENT_ID:
+    if params["client_id"] != client_id:
         raise _BadRequest("Unknown client_id.")
     if params["response_type"] != "code":
         raise _BadRequest("Only response_type=code is supported.")
@@ -382,6 +411,8 @@ def _check_authorization_request(params: Mapping[str, str]) -> None:
         raise _BadRequest("The redirect_uri is not a URL.") from None
     if target.scheme not in ("http", "https") or not target.hostname or target.fragment or target.query:
         raise _BadRequest("The redirect_uri must be an absolute http(s) URL without query or fragment.")
+    if redirect_uris is not None and params["redirect_uri"] not in redirect_uris:
+        raise _BadRequest("This redirect_uri is not registered for the client.")
 
 
 def _hidden(name: str, value: str) -> str:

@@ -46,6 +46,18 @@ class Call:
         return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else self.params.get("token")
 
 
+@dataclass(frozen=True)
+class Ephemeral:
+    """A message only `user` sees, in `channel` (chat.postEphemeral, or a slash command's answer)."""
+
+    id: str
+    channel: str
+    user: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+
+
 @dataclass
 class _Fault:
     status: int
@@ -57,10 +69,12 @@ class _Fault:
 class SandboxSlack:
     """The fake server; use `async with SandboxSlack() as fake:` or `await fake.start()` / `await fake.stop()`."""
 
-    def __init__(self, *, wall_clock: bool = False) -> None:
+    def __init__(self, *, wall_clock: bool = False, keep_calls: int | None = None) -> None:
         # wall_clock: message timestamps follow the real clock (as Slack's do), for code that asks for
         # history since a moment; by default they count up from 1700000000.000100, as tests expect.
         self.wall_clock = wall_clock
+        # keep_calls: how many recorded calls to keep (the sandbox runs for days; tests keep them all).
+        self.keep_calls = keep_calls
         # Every message the bot posted, per channel, oldest first (metadata included); chat.update
         # edits them in place and conversations.history reads them.
         self.messages: dict[str, list[dict[str, Any]]] = {}
@@ -70,6 +84,22 @@ class SandboxSlack:
         self.users: dict[str, dict[str, str]] = {}
         self.usergroups: dict[str, list[str]] = {}
         self.calls: list[Call] = []
+        # What a person would see besides channel messages: ephemerals (chat.postEphemeral), the modal
+        # open for each user (views.open, by the trigger_id of their interaction), each user's App Home
+        # (views.publish). `triggers` maps a trigger_id the sandbox handed out to the user it was for.
+        self.ephemerals: list[Ephemeral] = []
+        self.modals: dict[str, dict[str, Any]] = {}
+        self.home_views: dict[str, dict[str, Any]] = {}
+        self.triggers: dict[str, str] = {}
+        self.edited: set[tuple[str, str]] = set()
+        self._response_targets: dict[
+            str, tuple[str, str]
+        ] = {}  # response id -> (user, channel)  # (channel, ts) of messages chat.update changed
+        # Bumped on every change a person could see; `wait_for_change` wakes on it (the sandbox page's
+        # live updates).
+        self.version = 0
+        self._state_changed = asyncio.Event()
+        self._ephemeral_ids = itertools.count(1)
         self.responses: list[dict[str, Any]] = []
         self._response_ids: list[str] = []
         self._faults: dict[str, deque[_Fault]] = {}
@@ -80,6 +110,13 @@ class SandboxSlack:
         self._base_url = ""
 
     # -- lifetime -----------------------------------------------------------------------------------
+
+    def add_routes(self, router: web.UrlDispatcher, base_url: str, prefix: str = "") -> None:
+        """Serve the Web API from another application's router under `prefix` (the sandbox mounts it
+        at /sandbox/slack on the service's own port); `base_url` is where that application listens."""
+        router.add_route("*", prefix + "/api/{method}", self._api)
+        router.add_post(prefix + "/response_url/{id}", self._response_url)
+        self._base_url = base_url.rstrip("/") + prefix
 
     async def start(self) -> SandboxSlack:
         app = web.Application()
@@ -166,10 +203,81 @@ class SandboxSlack:
         fault = _Fault(status, error, retry_after if status == 429 else None, times)
         self._faults.setdefault(method, deque()).append(fault)
 
+    # -- what a person sees (the sandbox page) -------------------------------------------------------
+
+    def touch(self) -> None:
+        """Something visible changed: bump the version and wake whoever waits for a change."""
+        self.version += 1
+        changed, self._state_changed = self._state_changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_change(self, seen: int, timeout: float) -> int:
+        """The version once it differs from `seen`, or `seen` again after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.version == seen:
+                    await self._state_changed.wait()
+        except TimeoutError:
+            pass
+        return self.version
+
+    def new_trigger(self, user_id: str) -> str:
+        """A trigger_id for an interaction of `user_id`'s: a modal opened with it shows to them."""
+        trigger = f"{next(self._views)}.{int(time.time())}.sandbox"
+        self.triggers[trigger] = user_id
+        if len(self.triggers) > 1000:  # trigger_ids live 3 s on Slack; keep the newest only
+            del self.triggers[next(iter(self.triggers))]
+        return trigger
+
+    def response_url_for(self, user_id: str, channel: str) -> str:
+        """A response_url for an interaction of `user_id`'s in `channel`: what is posted to it shows to
+        them there as an ephemeral, as Slack shows a response_url's default answer."""
+        response_id = f"r{next(self._views)}"
+        self._response_targets[response_id] = (user_id, channel)
+        if len(self._response_targets) > 1000:  # a response_url lives 30 minutes on Slack
+            del self._response_targets[next(iter(self._response_targets))]
+        return self.response_url(response_id)
+
+    def ephemerals_for(self, user_id: str) -> list[Ephemeral]:
+        return [e for e in self.ephemerals if e.user == user_id]
+
+    def dismiss(self, user_id: str, ephemeral_id: str) -> bool:
+        kept = [e for e in self.ephemerals if not (e.id == ephemeral_id and e.user == user_id)]
+        dismissed = len(kept) != len(self.ephemerals)
+        self.ephemerals = kept
+        if dismissed:
+            self.touch()
+        return dismissed
+
+    def add_ephemeral(self, channel: str, user_id: str, text: str, blocks: Any) -> Ephemeral:
+        ephemeral = Ephemeral(
+            id=f"e{next(self._ephemeral_ids)}",
+            channel=_dm_channel(channel),
+            user=user_id,
+            ts=self._next_ts(),
+            text=text,
+            blocks=blocks if isinstance(blocks, list) else [],
+        )
+        self.ephemerals.append(ephemeral)
+        if len(self.ephemerals) > 200:
+            del self.ephemerals[0]
+        self.touch()
+        return ephemeral
+
+    def close_modal(self, user_id: str, view_id: str | None = None) -> bool:
+        view = self.modals.get(user_id)
+        if view is None or (view_id is not None and view.get("id") != view_id):
+            return False
+        del self.modals[user_id]
+        self.touch()
+        return True
+
     # -- the HTTP side ------------------------------------------------------------------------------
 
     def _record(self, call: Call) -> None:
         self.calls.append(call)
+        if self.keep_calls is not None and len(self.calls) > self.keep_calls:
+            del self.calls[: len(self.calls) - self.keep_calls]
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -207,6 +315,9 @@ class SandboxSlack:
             return web.Response(status=fault.status, text=fault.error)
         self._response_ids.append(response_id)
         self.responses.append(body)
+        target = self._response_targets.get(response_id)
+        if target is not None and (body.get("text") or body.get("blocks")):
+            self.add_ephemeral(target[1], target[0], str(body.get("text") or ""), body.get("blocks"))
         return web.Response(text="ok")
 
     # -- the methods --------------------------------------------------------------------------------
@@ -216,10 +327,10 @@ class SandboxSlack:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
-            "chat.postEphemeral": lambda _: {"ok": True, "message_ts": self._next_ts()},
+            "chat.postEphemeral": self._post_ephemeral,
             "chat.getPermalink": self._permalink,
-            "views.open": self._view,
-            "views.publish": self._view,
+            "views.open": self._open_view,
+            "views.publish": self._publish_view,
             "users.info": self._user_info,
             "users.lookupByEmail": self._user_by_email,
             "usergroups.users.list": self._usergroup_members,
@@ -261,6 +372,7 @@ class SandboxSlack:
         if isinstance(params.get("metadata"), dict):
             stored["metadata"] = params["metadata"]
         self.messages.setdefault(channel, []).append(stored)
+        self.touch()
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +383,8 @@ class SandboxSlack:
                     stored[key] = value
                 if isinstance(params.get("metadata"), dict):
                     stored["metadata"] = params["metadata"]
+                self.edited.add((str(params.get("channel")), str(stored["ts"])))
+                self.touch()
         return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"), "message": message}
 
     def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -282,6 +396,31 @@ class SandboxSlack:
         view = params.get("view")
         view = dict(view) if isinstance(view, dict) else {}
         return {"ok": True, "view": {**view, "id": f"V{next(self._views):08d}", "team_id": TEAM_ID}}
+
+    def _open_view(self, params: dict[str, Any]) -> dict[str, Any]:
+        answer = self._view(params)
+        user = self.triggers.pop(str(params.get("trigger_id") or ""), None)
+        if user is not None:
+            self.modals[user] = answer["view"]
+            self.touch()
+        return answer
+
+    def _publish_view(self, params: dict[str, Any]) -> dict[str, Any]:
+        answer = self._view(params)
+        user = str(params.get("user_id") or "")
+        if user:
+            self.home_views[user] = answer["view"]
+            self.touch()
+        return answer
+
+    def _post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, user = str(params.get("channel") or ""), str(params.get("user") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not user:
+            return {"ok": False, "error": "user_not_found"}
+        ephemeral = self.add_ephemeral(channel, user, str(params.get("text") or ""), params.get("blocks"))
+        return {"ok": True, "message_ts": ephemeral.ts}
 
     def _user_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = str(params.get("user") or "")
