@@ -116,7 +116,8 @@ def check_mfa_has_idp(loaded: LoadedPolicies, settings: Settings) -> None:
             raise StartupError(
                 f"policy {rule.display_name!r} in {loaded.path} requires MFA but no identity provider is "
                 "configured: set APPROVALS_OIDC_ISSUER, APPROVALS_OIDC_CLIENT_ID and "
-                "APPROVALS_OIDC_CLIENT_SECRET, or set mfa.required to false"
+                "APPROVALS_OIDC_CLIENT_SECRET, or set mfa.required to false (to try it with a development "
+                "identity provider, run `approvals serve --sandbox`)"
             )
 
 

@@ -32,7 +32,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
     metrics.http_latency.labels(route).observe(elapsed)
     if route not in ("/healthz", "/metrics"):
-        log.info(
+        # The sandbox's page and stand-ins make many small requests nobody typed: logged at debug.
+        emit = log.debug if route.startswith("/sandbox") else log.info
+        emit(
             "http_request",
             method=request.method,
             route=route,

@@ -251,7 +251,7 @@ async def test_load_workspace_fills_the_sandbox_slack_and_the_idp_knows_the_same
         slack.messages["C0HIRING"] = [{"ts": "1.000100", "text": "kept"}]
         load_workspace(slack)
         assert slack.users["U0OUTSIDER"]["email"] == "outsider@example.com"
-        assert slack.usergroups == {"S0EXEC": ["U01COO", "U02CFO"]}
+        assert slack.usergroups == {"S0EXEC": ["U01COO", "U02CFO"], "S0FINANCE": ["U02CFO", "U01COO"]}
         assert slack.messages_in("C0ONCALL") == [] and len(slack.messages_in("C0HIRING")) == 1
         emails = {user["email"] for user in slack.users.values()}
     assert {p.email for p in idp_people()} == emails

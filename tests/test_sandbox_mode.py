@@ -44,9 +44,10 @@ def buttons(fragment: str) -> list[dict[str, str]]:
 
 
 def post_request(sandbox: SandboxService) -> str:
-    result = run_cli("demo", "request", "--url", sandbox.base, "--json", env=sandbox.env)
-    assert result.returncode == 0, result.stderr
-    request_id = str(json.loads(result.stdout)["request_id"])
+    """What the page's demo button does (`approvals demo request` is tested on its own below)."""
+    status, answer = sandbox.post_json("/sandbox/demo/request", {})
+    assert (status, answer["ok"]) == (200, True), answer
+    request_id = str(answer["request_id"])
     assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
     sandbox.wait_for_state(lambda s: card_of(s, request_id) is not None)
     return request_id
@@ -393,3 +394,85 @@ def test_the_demo_agent_verifies_standard_webhook_signatures() -> None:
     assert not verify_signature(SECRET, signed(body), body, now=now + 301)
     assert not verify_signature(SECRET, signed(body) | {"webhook-signature": "v1,not-base64!"}, body, now=now)
     assert not verify_signature(SECRET, {}, body, now=now)
+
+
+def test_demo_request_waits_for_the_decision_and_shows_the_verified_callback(sandbox: SandboxService) -> None:
+    import subprocess
+
+    from tests.sandbox_service import APPROVALS, ROOT
+
+    before = len(sandbox.state()["demo"]["requests"])
+    waiting = subprocess.Popen(
+        [*APPROVALS, "demo", "request", "--url", sandbox.base, "--wait", "60"],
+        env=sandbox.env,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        state = sandbox.wait_for_state(lambda s: len(s["demo"]["requests"]) > before)
+        request_id = state["demo"]["requests"][-1]["request_id"]
+        sandbox.wait_for_state(lambda s: card_of(s, request_id) is not None)
+        before_prompts = len(sandbox.state("U01COO")["ephemerals"])
+        click(sandbox, "U01COO", request_id, "approve_request")
+        # A step-up, unless an earlier test's sign-in of the COO's is still fresh.
+        state = sandbox.wait_for_state(
+            lambda s: (
+                len(s["ephemerals"]) > before_prompts
+                or any(c["request_id"] == request_id for c in s["demo"]["callbacks"])
+            )
+        )
+        if len(state["ephemerals"]) > before_prompts:
+            link = html.unescape(re.search(r'href="([^"]+)"', state["ephemerals"][-1]["html"]).group(1))
+            assert "approval is recorded" in sign_in(link, person="dev|cora", method="pwd+otp")
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    assert f"posted {request_id}: decide it as the COO at {sandbox.base}/sandbox?user=U01COO" in out
+    assert "callback received: approved (signature verified)" in out
+
+
+def test_demo_request_says_when_no_sandbox_answers() -> None:
+    from tests.conftest import clean_environment
+    from tests.sandbox_service import free_port
+
+    result = run_cli("demo", "request", "--url", f"http://127.0.0.1:{free_port()}", env=clean_environment())
+    assert result.returncode == 2
+    assert "cannot reach the service" in result.stderr and "make run" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_remote_sandbox_is_opt_in_and_reaches_itself_on_loopback() -> None:
+    from app.config import Settings
+    from app.sandbox.mode import SandboxRefused, prepare
+
+    anywhere = Settings(_env_file=None, host="0.0.0.0", port=9123)
+    with pytest.raises(SandboxRefused, match="--sandbox-remote"):
+        prepare(anywhere)
+    settings, sandbox = prepare(anywhere, allow_remote=True)
+    assert sandbox.allow_remote is True
+    assert settings.slack_api_url == "http://127.0.0.1:9123/sandbox/slack/api/"
+    assert settings.oidc_issuer == "http://127.0.0.1:9123/sandbox/idp"
+    assert settings.slack_bot_token is not None and settings.slack_signing_secret is not None
+    # Made up at each start: two starts never share a signing secret.
+    again, _ = prepare(anywhere, allow_remote=True)
+    assert again.slack_signing_secret != settings.slack_signing_secret
+    # A public URL the operator set (a tunnel, say) is where browsers are sent.
+    tunnelled, sandbox = prepare(
+        Settings(_env_file=None, port=9123, public_url="https://demo.example.com"), allow_remote=False
+    )
+    assert tunnelled.oidc_issuer == "https://demo.example.com/sandbox/idp"
+    assert sandbox.url == "https://demo.example.com/sandbox"
+    assert tunnelled.slack_api_url == "http://127.0.0.1:9123/sandbox/slack/api/"
+
+
+def test_demo_request_prints_json_for_scripts(sandbox: SandboxService) -> None:
+    result = run_cli("demo", "request", "--url", sandbox.base, "--json", env=sandbox.env)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert re.fullmatch(r"req_[0-9a-f]{24}", printed["request_id"])
+    assert printed["sandbox"] == f"{sandbox.base}/sandbox?user=U01COO&c=C0HIRING"
+    assert printed["callback"] is None  # not asked to wait
+    assert printed["request_id"] in [r["request_id"] for r in sandbox.state()["demo"]["requests"]]

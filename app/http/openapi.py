@@ -220,6 +220,14 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/": {
+                "get": {
+                    "summary": "Links to the sandbox (in sandbox mode), this document and the health checks",
+                    "description": "JSON when the Accept header asks for application/json, else a small page.",
+                    "responses": {"200": {"description": "the links"}},
+                }
+            },
+            "/favicon.ico": {"get": {"summary": "No icon", "responses": {"204": {"description": "none"}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}},
             "/readyz": {
                 "get": {

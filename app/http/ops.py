@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness (database reachable and migrated), metrics, OpenAPI."""
+"""Operations endpoints: the index page, liveness, readiness (database reachable and migrated), metrics,
+OpenAPI."""
 
 from __future__ import annotations
 
@@ -130,8 +131,14 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", headers=headers)
 
 
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for one on every page (the sandbox, the step-up pages): nothing, rather than a 404."""
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
 def register(app: web.Application) -> None:
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -118,6 +118,7 @@ def prepare(settings: Settings, *, allow_remote: bool = False) -> tuple[Settings
         }
     )
     slack = SandboxSlack(wall_clock=True, keep_calls=1000)
+    slack.permalink_base = public + PREFIX
     load_workspace(slack, WORKSPACE)
     idp = DevIdentityProvider(
         idp_people(WORKSPACE),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -75,6 +76,8 @@ class SandboxSlack:
         self.wall_clock = wall_clock
         # keep_calls: how many recorded calls to keep (the sandbox runs for days; tests keep them all).
         self.keep_calls = keep_calls
+        # Where chat.getPermalink points: the sandbox page (set by sandbox mode), else Slack's form.
+        self.permalink_base: str | None = None
         # Every message the bot posted, per channel, oldest first (metadata included); chat.update
         # edits them in place and conversations.history reads them.
         self.messages: dict[str, list[dict[str, Any]]] = {}
@@ -389,6 +392,9 @@ class SandboxSlack:
 
     def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
+        if self.permalink_base is not None:
+            permalink = f"{self.permalink_base}?{urlencode({'c': channel, 'ts': ts})}"
+            return {"ok": True, "channel": channel, "permalink": permalink}
         permalink = f"{WORKSPACE_URL}archives/{channel}/p{ts.replace('.', '')}"
         return {"ok": True, "channel": channel, "permalink": permalink}
 

@@ -65,11 +65,13 @@ OUTSIDER = Member("U0OUTSIDER", "olly", "Olly Outsider", "outsider@example.com",
 HIRING = Channel("C0HIRING", "hiring")
 ONCALL = Channel("C0ONCALL", "approvals-oncall")
 EXEC = UserGroup("S0EXEC", "exec", (COO.user_id, CFO.user_id))
+# The example policies.yml asks finance (two of them) to approve refunds.
+FINANCE = UserGroup("S0FINANCE", "finance", (CFO.user_id, COO.user_id))
 
 WORKSPACE = Workspace(
     members=(COO, CFO, RECRUITER, OUTSIDER),
     channels=(HIRING, ONCALL),
-    usergroups=(EXEC,),
+    usergroups=(EXEC, FINANCE),
 )
 
 
