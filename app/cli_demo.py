@@ -33,7 +33,9 @@ def demo() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def demo_request(url: str | None, wait: int, as_json: bool) -> None:
     """Post a sample offer-letter request as the sandbox's demo agent."""
-    base = (url or settings_or_exit().public_url).rstrip("/")
+    from app.sandbox.mode import browser_url  # the sandbox's modules, only for this command
+
+    base = (url or browser_url(settings_or_exit())).rstrip("/")
     answer = _call(base, "POST", "/sandbox/demo/request", {})
     if not answer.get("ok"):
         fail(f"error: {answer.get('error') or 'the sandbox refused the request'}")

@@ -18,6 +18,7 @@ from app.sandbox.mode import Sandbox, SandboxChoice
 from app.slack.socket_mode import socket_mode
 from app.tasks import drain_background_tasks
 from app.web import build_app
+from approvals.errors import DomainError
 
 log = structlog.get_logger("approvals")
 
@@ -63,7 +64,6 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
     app = build_app(container)
     if local is not None:
         sandbox_routes.register(app, local)
-        await local.demo.register(container.engine)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -73,6 +73,13 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        if local is not None:
+            # Only once this process holds the port: a second `make run` that cannot listen must not
+            # rotate away the key of the demo agent the first one is using.
+            try:
+                await local.demo.register(container.engine)
+            except DomainError as exc:
+                raise StartupError(f"the sandbox's demo agent cannot be used: {exc.message}") from None
         tune_garbage_collection()
         log.info(
             "listening",

@@ -40,7 +40,7 @@ def test_the_readme_starts_with_the_two_commands_and_the_walkthrough() -> None:
 
 def test_the_try_the_api_commands_work_as_pasted() -> None:
     port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="readme-"))
+    workdir = Path(tempfile.mkdtemp(prefix="readme-sandbox-"))  # the sandbox wants a database of its own
     block = try_the_api_block()
     assert "localhost:8080" in block and "make run" in block
     script = (
@@ -49,6 +49,8 @@ def test_the_try_the_api_commands_work_as_pasted() -> None:
         .replace("approvals.log", str(workdir / "approvals.log"))
         # The long-poll waits for someone to decide; nobody will here.
         .replace("?wait=30", "?wait=1")
+        # The environment is the suite's: never let a stale stamp reinstall it under the other workers.
+        .replace("make run", "make -o .venv/.installed run")
     )
     env = clean_environment() | {
         "APPROVALS_PORT": str(port),

@@ -250,6 +250,16 @@ def test_malformed_blocks_do_not_break_the_page() -> None:
     assert "[unsupported block: ?]" in notes
 
 
+@pytest.mark.parametrize("blocks", [5, "blocks", {"type": "section"}, b"x", 1.5])
+def test_blocks_that_are_not_a_list_render_the_fallback_text(blocks: Any) -> None:
+    # Whatever reached the fake Slack is rendered; a bad message must never break the page for everyone.
+    html = render_blocks(blocks, fallback_text="*fallback*")
+    assert html == '<div class="bk-blocks"><div class="bk-fallback"><b>fallback</b></div></div>'
+    assert "bk-view-modal" in render_view({"type": "modal", "blocks": blocks, "title": {"text": "t"}})
+    nested = render_blocks([{"type": "actions", "elements": blocks}, {"type": "section", "fields": blocks}])
+    assert nested.count('class="bk-block ') == 2
+
+
 def test_no_blocks_renders_the_fallback_text_as_mrkdwn() -> None:
     root = blocks_root([], fallback_text="*Hello* &lt;world&gt; <@U01COO>", names={"U01COO": "Cora Coo"})
     fallback = root.find("div", "bk-fallback")

@@ -44,7 +44,8 @@ def buttons(fragment: str) -> list[dict[str, str]]:
 
 
 def post_request(sandbox: SandboxService) -> str:
-    """What the page's demo button does (`approvals demo request` is tested on its own below)."""
+    """What the page's demo button does (`approvals demo request` is tested on its own below); waits
+    for the card."""
     status, answer = sandbox.post_json("/sandbox/demo/request", {})
     assert (status, answer["ok"]) == (200, True), answer
     request_id = str(answer["request_id"])
@@ -135,8 +136,10 @@ def test_the_page_says_it_is_not_slack_and_runs_no_inline_script(sandbox: Sandbo
         policy = response.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "script-src" not in policy.replace("default-src", "")
     body = page.split("<body", 1)[1]
+    first_element = re.search(r"<(\w+)[^>]*>", body.split(">", 1)[1])
+    assert first_element is not None and 'id="sandbox-banner"' in first_element.group(0)
     assert re.search(r'<p id="sandbox-banner"[^>]*>[^<]*not Slack', body)
-    assert body.index("sandbox-banner") < body.index("<script") if "<script" in body else True
+    assert not re.search(r"<script(?![^>]*\ssrc=)[^>]*>", page)  # no inline script anywhere
 
 
 def test_approval_with_mfa_step_up_reaches_the_agent_verified(sandbox: SandboxService) -> None:
@@ -186,7 +189,8 @@ def test_an_outsider_and_the_requester_are_refused_in_an_ephemeral(sandbox: Sand
         refusal = plain(newest_ephemeral(sandbox, user, before)["html"])
         assert words in refusal.lower() or words.replace("an ", "") in refusal.lower(), refusal
     # Nobody else sees those, and the request is still open.
-    assert all(e["id"] for e in sandbox.state("U01COO")["ephemerals"])
+    coo_sees = " ".join(plain(e["html"]).lower() for e in sandbox.state("U01COO")["ephemerals"])
+    assert "not an approver" not in coo_sees and "own behalf" not in coo_sees
     card = card_of(sandbox.state(), request_id)
     assert card is not None and [b["data-action-id"] for b in buttons(card["html"])] == [
         "approve_request",
@@ -275,6 +279,45 @@ def test_the_page_actions_refuse_cross_site_and_malformed_posts(
     assert len(sandbox.state()["demo"]["requests"]) == requests_before
 
 
+def test_the_fake_slack_api_wants_the_sandbox_token_and_a_loopback_name(sandbox: SandboxService) -> None:
+    history = sandbox.base + "/sandbox/slack/api/conversations.history?channel=C0HIRING"
+
+    def call(url: str, data: bytes | None = None, **headers: str) -> tuple[int, Any]:
+        request = urllib.request.Request(url, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    # A page on another name that resolves here (DNS rebinding) reads nothing.
+    assert call(history, Host="evil.example")[0] == 403
+    assert call(history) == (200, {"ok": False, "error": "not_authed"})
+    assert call(history, Authorization="Bearer xoxb-guess") == (200, {"ok": False, "error": "invalid_auth"})
+    malformed = call(
+        sandbox.base + "/sandbox/slack/api/chat.postMessage",
+        b"{not json",
+        **{"Content-Type": "application/json"},
+    )
+    assert malformed == (200, {"ok": False, "error": "invalid_json"})
+    # The service's own calls carry the token: its cards are there.
+    post_request(sandbox)
+    assert sandbox.state()["messages"]["C0HIRING"]
+
+
+def test_the_demo_agents_callback_refuses_cross_site_posts(sandbox: SandboxService) -> None:
+    before = sandbox.state()["demo"]["callbacks"]
+    request = urllib.request.Request(
+        sandbox.base + "/sandbox/agent/callback",
+        data=b'{"type": "request.approved", "data": {"id": "req_forged", "status": "approved"}}',
+        headers={"Content-Type": "text/plain", "Origin": "http://evil.example"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    assert sandbox.state()["demo"]["callbacks"] == before
+
+
 def test_unknown_users_and_buttons_that_are_not_there_are_refused(sandbox: SandboxService) -> None:
     status, answer = sandbox.post_json("/sandbox/home", {"user": "U0NOBODY"})
     assert status == 400 and "U0NOBODY" in answer["error"]
@@ -321,13 +364,15 @@ def test_the_sandbox_never_starts_beside_a_real_slack_or_idp_or_off_loopback() -
 
     base = clean_environment() | {
         "APPROVALS_PORT": str(free_port()),
-        "APPROVALS_DATABASE_URL": "sqlite:////nonexistent/never-opened.db",
+        "APPROVALS_DATABASE_URL": "sqlite:////nonexistent/sandbox-never-opened.db",
         "APPROVALS_POLICIES": str(ROOT / "policies.yml"),
     }
     cases = [
         ({"SLACK_BOT_TOKEN": "xoxb-real", "SLACK_SIGNING_SECRET": "s"}, "never runs with Slack configured"),
         ({"APPROVALS_OIDC_ISSUER": "https://idp.example.com", "APPROVALS_OIDC_CLIENT_ID": "c"}, "its own"),
         ({"APPROVALS_HOST": "0.0.0.0"}, "--sandbox-remote"),
+        ({"APPROVALS_PUBLIC_URL": "https://approvals.example.com"}, "--sandbox-remote"),
+        ({"APPROVALS_DATABASE_URL": "sqlite:////srv/approvals/production.db"}, "a database of its own"),
     ]
     for extra, words in cases:
         result = run_cli("serve", "--sandbox", env=base | extra)
@@ -401,7 +446,7 @@ def test_demo_request_waits_for_the_decision_and_shows_the_verified_callback(san
 
     from tests.sandbox_service import APPROVALS, ROOT
 
-    before = len(sandbox.state()["demo"]["requests"])
+    known = {r["request_id"] for r in sandbox.state()["demo"]["requests"]}
     waiting = subprocess.Popen(
         [*APPROVALS, "demo", "request", "--url", sandbox.base, "--wait", "60"],
         env=sandbox.env,
@@ -411,8 +456,8 @@ def test_demo_request_waits_for_the_decision_and_shows_the_verified_callback(san
         stderr=subprocess.PIPE,
     )
     try:
-        state = sandbox.wait_for_state(lambda s: len(s["demo"]["requests"]) > before)
-        request_id = state["demo"]["requests"][-1]["request_id"]
+        state = sandbox.wait_for_state(lambda s: {r["request_id"] for r in s["demo"]["requests"]} - known)
+        request_id = next(r["request_id"] for r in state["demo"]["requests"] if r["request_id"] not in known)
         sandbox.wait_for_state(lambda s: card_of(s, request_id) is not None)
         before_prompts = len(sandbox.state("U01COO")["ephemerals"])
         click(sandbox, "U01COO", request_id, "approve_request")
@@ -459,10 +504,12 @@ def test_remote_sandbox_is_opt_in_and_reaches_itself_on_loopback() -> None:
     # Made up at each start: two starts never share a signing secret.
     again, _ = prepare(anywhere, allow_remote=True)
     assert again.slack_signing_secret != settings.slack_signing_secret
-    # A public URL the operator set (a tunnel, say) is where browsers are sent.
-    tunnelled, sandbox = prepare(
-        Settings(_env_file=None, port=9123, public_url="https://demo.example.com"), allow_remote=False
-    )
+    # A public URL the operator set (a tunnel, say) is where browsers are sent: with --sandbox-remote
+    # only, as a tunnel or proxy may present every request as a loopback one.
+    tunnel = Settings(_env_file=None, port=9123, public_url="https://demo.example.com")
+    with pytest.raises(SandboxRefused, match="APPROVALS_PUBLIC_URL"):
+        prepare(tunnel)
+    tunnelled, sandbox = prepare(tunnel, allow_remote=True)
     assert tunnelled.oidc_issuer == "https://demo.example.com/sandbox/idp"
     assert sandbox.url == "https://demo.example.com/sandbox"
     assert tunnelled.slack_api_url == "http://127.0.0.1:9123/sandbox/slack/api/"

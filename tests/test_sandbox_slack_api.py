@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
@@ -164,3 +165,26 @@ async def test_wait_for_calls_returns_once_they_arrive(client: AsyncWebClient, f
 async def test_wait_for_calls_times_out_when_they_do_not(fake: SandboxSlack) -> None:
     with pytest.raises(TimeoutError, match=r"expected 1 calls to chat\.update"):
         await fake.wait_for_calls("chat.update", 1, timeout=0.05)
+
+
+async def test_with_a_required_token_other_tokens_are_refused_as_slack_does(fake: SandboxSlack) -> None:
+    fake.required_token = "xoxb-sandbox-right"
+    for token, error in (("xoxb-wrong", "invalid_auth"), ("", "not_authed")):
+        with pytest.raises(SlackApiError) as refused:
+            await AsyncWebClient(token=token or None, base_url=fake.api_url).chat_postMessage(
+                channel="C0HIRING", text="forged"
+            )
+        assert refused.value.response["error"] == error
+    assert fake.messages_in("C0HIRING") == []
+    right = AsyncWebClient(token="xoxb-sandbox-right", base_url=fake.api_url)
+    assert (await right.chat_postMessage(channel="C0HIRING", text="card"))["ok"] is True
+
+
+async def test_malformed_bodies_and_arguments_get_slack_errors_not_500s(fake: SandboxSlack) -> None:
+    async with ClientSession() as session:
+        async with session.post(
+            fake.api_url + "chat.postMessage", data=b"{not json", headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert (resp.status, await resp.json()) == (200, {"ok": False, "error": "invalid_json"})
+        async with session.get(fake.api_url + "conversations.history?channel=C0HIRING&limit=many") as resp:
+            assert (resp.status, await resp.json()) == (200, {"ok": False, "error": "invalid_arguments"})

@@ -275,8 +275,10 @@ def render_blocks(
       `<input>` or `<textarea>` named "{block_id}/{action_id}" (also data-block-id, data-action-id),
       the hint `<p class="bk-hint">` and an empty `<p class="bk-error" data-error-for="{block_id}">`.
     """
-    if not blocks:
-        return f'<div class="bk-blocks"><div class="bk-fallback">{render_mrkdwn(fallback_text, names=names)}</div></div>'
+    # Whatever reached the fake Slack is rendered, never trusted to be well-formed: blocks that are not
+    # a list count as none.
+    if not blocks or isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence):
+        return f'<div class="bk-blocks"><div class="bk-fallback">{render_mrkdwn(str(fallback_text), names=names)}</div></div>'
     rendered = "".join(_block(block, names) for block in blocks)
     return f'<div class="bk-blocks">{rendered}</div>'
 
@@ -293,7 +295,7 @@ def _block(block: Any, names: Mapping[str, str]) -> str:
 
 
 def _wrap(kind: str, block_id: str, inner: str, *, extra: str = "") -> str:
-    # The block id rides along for the script and for tests; the class names are the contract.
+    # The class names are the contract; an input block's id rides along in `extra` (the script's).
     return f'<div class="bk-block bk-{_esc(kind)}"{extra}>{inner}</div>'
 
 

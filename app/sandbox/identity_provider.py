@@ -57,6 +57,7 @@ _REQUIRED_PARAMS = ("client_id", "redirect_uri", "response_type", "code_challeng
 _PARAM_PREFIX = "param:"  # hidden fields carrying the authorization request, apart from the choice
 _PENDING_TTL = 600  # seconds a sign-in page stays usable
 _PENDING_MAX = 1000  # unanswered pages kept at most; the oldest go first
+_CODES_KEPT = 1000  # authorization codes (and their requests) remembered at most
 
 
 @dataclass
@@ -230,6 +231,12 @@ class DevIdentityProvider:
         code = secrets.token_urlsafe(16)
         self._codes[code] = {"params": params, "login": login, "auth_time": auth_time}
         self.authorizations.append(Authorization(params, code))
+        # A sandbox runs for days: keep the newest codes only (an old one is long expired anyway).
+        while len(self._codes) > _CODES_KEPT:
+            oldest = next(iter(self._codes))
+            del self._codes[oldest]
+            self._used_codes.discard(oldest)
+        del self.authorizations[:-_CODES_KEPT]
         return code
 
     # -- the interactive sign-in page -----------------------------------------------------------------

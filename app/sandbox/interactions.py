@@ -236,7 +236,8 @@ def _has_action(blocks: Any, action_id: str, block_id: str, value: str) -> bool:
     for block in blocks if isinstance(blocks, list) else []:
         if not isinstance(block, dict) or block.get("block_id", "") != block_id:
             continue
-        elements = list(block.get("elements") or [])
+        elements = block.get("elements")
+        elements = list(elements) if isinstance(elements, list) else []
         if isinstance(block.get("accessory"), dict):
             elements.append(block["accessory"])
         for element in elements:

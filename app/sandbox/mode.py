@@ -13,10 +13,12 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-import structlog
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.oidc.routes import CALLBACK_PATH
@@ -26,14 +28,14 @@ from app.sandbox.interactions import SlackSide
 from app.sandbox.slack_api import SandboxSlack
 from app.sandbox.workspace import WORKSPACE, Workspace, idp_people, load_workspace
 
-log = structlog.get_logger("approvals.sandbox")
-
 SandboxChoice = Literal["on", "auto", "off"]
 PREFIX = "/sandbox"
 SLACK_PREFIX = PREFIX + "/slack"
 IDP_PREFIX = PREFIX + "/idp"
 AGENT_CALLBACK_PATH = PREFIX + "/agent/callback"
 CLIENT_ID = "approvals-sandbox"
+SANDBOX_DATA = Path("var/sandbox")
+SANDBOX_DATABASE_URL = f"sqlite+aiosqlite:///./{SANDBOX_DATA}/approvals.db"
 NOT_SLACK = "Local sandbox: this is not Slack, and the sign-in is not a real identity provider."
 _LOOPBACK_NAMES = {"localhost", "localhost."}
 
@@ -89,36 +91,57 @@ def prepare(settings: Settings, *, allow_remote: bool = False) -> tuple[Settings
             "the sandbox brings its own development identity provider: unset APPROVALS_OIDC_ISSUER and "
             "APPROVALS_OIDC_CLIENT_ID, or start without --sandbox"
         )
-    if not allow_remote and not is_loopback_host(settings.host):
-        raise SandboxRefused(
-            f"the sandbox has no sign-in, so it only listens on the loopback interface, not on "
-            f"{settings.host}: set APPROVALS_HOST=127.0.0.1, or pass --sandbox-remote to let anyone who "
-            "can reach this port act as any sandbox user"
-        )
     # Where this process reaches itself (the Slack API, its own /slack/events, the demo agent's API).
     own = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
     internal = f"http://{_url_host(own)}:{settings.port}"
-    # Where a browser reaches it: the public URL, unless left at its default for another port.
-    public = settings.public_url.rstrip("/")
-    if "public_url" not in settings.model_fields_set:
-        public = f"http://{_url_host(own)}:{settings.port}"
+    public = browser_url(settings)
+    if not allow_remote:
+        # A proxy or tunnel in front (a public URL elsewhere) may rewrite the Host header, and the
+        # loopback checks would then let the world in: that too is --sandbox-remote's to allow.
+        for what, host in (
+            ("APPROVALS_HOST", settings.host),
+            ("APPROVALS_PUBLIC_URL", urlsplit(public).hostname),
+        ):
+            if not is_loopback_host(host or ""):
+                raise SandboxRefused(
+                    f"the sandbox has no sign-in, so it only serves the loopback interface, and {what} is "
+                    f"{host}: use 127.0.0.1, or pass --sandbox-remote to let anyone who can reach it act as "
+                    "any sandbox user"
+                )
+    # Made-up decisions never land in a real audit log: the sandbox has a database (and a checkpoint key,
+    # and so a witness file) of its own, under var/sandbox/ unless the operator names others.
+    own_data: dict[str, object] = {}
+    if "database_url" in settings.model_fields_set:
+        if "sandbox" not in (make_url(settings.database_url).database or ""):
+            raise SandboxRefused(
+                "the sandbox records made-up decisions, so it keeps them in a database of its own: unset "
+                f"APPROVALS_DATABASE_URL (it then uses {SANDBOX_DATABASE_URL}), or give it a database whose "
+                "name contains 'sandbox'"
+            )
+    else:
+        own_data["database_url"] = SANDBOX_DATABASE_URL
+    if "checkpoint_key_file" not in settings.model_fields_set and settings.checkpoint_key is None:
+        own_data["checkpoint_key_file"] = SANDBOX_DATA / "checkpoint.key"
     signing_secret = secrets.token_hex(16)
+    bot_token = "xoxb-sandbox-" + secrets.token_hex(12)
     client_secret = secrets.token_urlsafe(24)
     sandboxed = settings.model_copy(
         update={
+            **own_data,
             "public_url": public,
-            "slack_bot_token": SecretStr("xoxb-sandbox-" + secrets.token_hex(12)),
+            "slack_bot_token": SecretStr(bot_token),
             "slack_signing_secret": SecretStr(signing_secret),
             "slack_api_url": f"{internal}{SLACK_PREFIX}/api/",
             "oidc_issuer": f"{public}{IDP_PREFIX}",
             "oidc_client_id": CLIENT_ID,
             "oidc_client_secret": SecretStr(client_secret),
             # The demo agent's callback is this process, on the loopback interface.
-            "callback_allow_hosts": [*settings.callback_allow_hosts, "127.0.0.1/32", "::1/128"],
+            "callback_allow_hosts": [*settings.callback_allow_hosts, "127.0.0.1/32"],
         }
     )
     slack = SandboxSlack(wall_clock=True, keep_calls=1000)
     slack.permalink_base = public + PREFIX
+    slack.required_token = bot_token
     load_workspace(slack, WORKSPACE)
     idp = DevIdentityProvider(
         idp_people(WORKSPACE),
@@ -142,6 +165,14 @@ def prepare(settings: Settings, *, allow_remote: bool = False) -> tuple[Settings
         internal_url=internal,
     )
     return sandboxed, sandbox
+
+
+def browser_url(settings: Settings) -> str:
+    """Where a browser reaches the service: APPROVALS_PUBLIC_URL, unless it was left at its default
+    while APPROVALS_PORT moved (then the loopback address on that port)."""
+    if "public_url" in settings.model_fields_set:
+        return settings.public_url.rstrip("/")
+    return f"http://127.0.0.1:{settings.port}"
 
 
 def _slack_configured(settings: Settings) -> bool:

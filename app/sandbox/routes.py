@@ -1,9 +1,10 @@
 """The sandbox's HTTP surface on the service's own port: the page, its state and live updates, what a
 person does on it, the stand-ins' APIs (/sandbox/slack, /sandbox/idp) and the demo agent's callback.
 
-Every route answers only loopback clients addressed by a loopback name (unless the operator passed
---sandbox-remote), and the page's actions only same-origin JSON POSTs: a web page elsewhere in the
-same browser cannot click Approve through it.
+Everything under /sandbox answers only loopback clients addressed by a loopback name (unless the
+operator passed --sandbox-remote); the page's actions and the demo agent's callback refuse cross-site
+requests, and the Slack API wants the sandbox's bot token: a web page elsewhere in the same browser can
+neither click Approve through the sandbox nor read or post its messages.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ def register(app: web.Application, sandbox: Sandbox) -> None:
     """Add the sandbox's routes to the service's application (before it starts)."""
     app[SANDBOX] = sandbox
     app[_STREAMS_CLOSING] = asyncio.Event()
+    app.middlewares.append(_loopback_only)
     router = app.router
     sandbox.slack.add_routes(router, sandbox.internal_url, SLACK_PREFIX)
     sandbox.idp.add_routes(router, sandbox.settings.public_url, IDP_PREFIX)
-    router.add_get(PREFIX, _guarded(_page), name=SANDBOX_ROUTE)
-    router.add_get(PREFIX + "/", _guarded(_page))
-    router.add_get(PREFIX + "/static/{name}", _guarded(_static))
-    router.add_get(PREFIX + "/state", _guarded(_state))
-    router.add_get(PREFIX + "/events", _guarded(_events))
+    router.add_get(PREFIX, _page, name=SANDBOX_ROUTE)
+    router.add_get(PREFIX + "/", _page)
+    router.add_get(PREFIX + "/static/{name}", _static)
+    router.add_get(PREFIX + "/state", _state)
+    router.add_get(PREFIX + "/events", _events)
     router.add_post(PREFIX + "/act", _action(_act))
     router.add_post(PREFIX + "/submit", _action(_submit))
     router.add_post(PREFIX + "/close-modal", _action(_close_modal))
@@ -61,31 +63,38 @@ def register(app: web.Application, sandbox: Sandbox) -> None:
     router.add_post(PREFIX + "/home", _action(_home))
     router.add_post(PREFIX + "/dismiss", _action(_dismiss))
     router.add_post(PREFIX + "/demo/request", _action(_demo_request))
-    router.add_post(AGENT_CALLBACK_PATH, _guarded(lambda request: sandbox.demo.receive(request)))
+    router.add_post(AGENT_CALLBACK_PATH, _demo_callback)
     app.on_shutdown.append(_end_streams)
 
 
 # -- guards ----------------------------------------------------------------------------------------------
 
 
-def _refusal(request: web.Request) -> web.Response | None:
-    sandbox = request.app[SANDBOX]
-    if sandbox.allow_remote:
-        return None
-    if not _loopback_name(request.remote or "") or not _loopback_name(request.url.host or ""):
-        # The second check is DNS rebinding's: a page on evil.example resolving to 127.0.0.1.
-        return web.json_response(
-            {"error": {"code": "sandbox_loopback_only", "message": "The sandbox answers on loopback only."}},
-            status=403,
-        )
-    return None
+@web.middleware
+async def _loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /sandbox path: loopback clients that address it by a loopback name (the second check is
+    DNS rebinding's: a page on evil.example whose name resolves to 127.0.0.1)."""
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        if not request.app[SANDBOX].allow_remote and not (
+            _loopback_name(request.remote or "") and _loopback_name(request.url.host or "")
+        ):
+            return web.json_response(
+                {
+                    "error": {
+                        "code": "sandbox_loopback_only",
+                        "message": "The sandbox answers on loopback only.",
+                    }
+                },
+                status=403,
+            )
+    return await handler(request)
 
 
-def _guarded(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        return _refusal(request) or await handler(request)
-
-    return guarded
+def _cross_site(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return True
+    return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
 
 
 def _action(handler: Callable[[web.Request, Sandbox, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
@@ -93,12 +102,7 @@ def _action(handler: Callable[[web.Request, Sandbox, dict[str, Any]], Awaitable[
     CORS preflight, which is never granted), parsed, and answered as JSON `{ok, error?, ...}`."""
 
     async def action(request: web.Request) -> web.StreamResponse:
-        if (refused := _refusal(request)) is not None:
-            return refused
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            return _refused(403, "Cross-site requests are not accepted.")
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        if _cross_site(request):
             return _refused(403, "Cross-site requests are not accepted.")
         if request.content_type != "application/json":
             return _refused(415, "Send JSON (Content-Type: application/json).")
@@ -141,6 +145,13 @@ def _text(body: dict[str, Any], name: str, *, optional: bool = False) -> str:
 
 def _answer(answer: Answer) -> dict[str, Any]:
     return {"ok": answer.ok, "error": answer.error, "errors": answer.errors}
+
+
+async def _demo_callback(request: web.Request) -> web.StreamResponse:
+    # The service posts callbacks server to server: a browser's cross-site POST is not one of them.
+    if _cross_site(request):
+        return _refused(403, "Cross-site requests are not accepted.")
+    return await request.app[SANDBOX].demo.receive(request)
 
 
 # -- the page ----------------------------------------------------------------------------------------------
@@ -270,8 +281,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
                 continue
             seen = version
             await response.write(f"data: {version}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the page went away
     return response
 
 

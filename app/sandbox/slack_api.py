@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -76,6 +77,9 @@ class SandboxSlack:
         self.wall_clock = wall_clock
         # keep_calls: how many recorded calls to keep (the sandbox runs for days; tests keep them all).
         self.keep_calls = keep_calls
+        # required_token: the bot token every Web API call must carry (the sandbox's); None (the tests')
+        # takes any, as the tests' many clients each use their own.
+        self.required_token: str | None = None
         # Where chat.getPermalink points: the sandbox page (set by sandbox mode), else Slack's form.
         self.permalink_base: str | None = None
         # Every message the bot posted, per channel, oldest first (metadata included); chat.update
@@ -226,7 +230,7 @@ class SandboxSlack:
 
     def new_trigger(self, user_id: str) -> str:
         """A trigger_id for an interaction of `user_id`'s: a modal opened with it shows to them."""
-        trigger = f"{next(self._views)}.{int(time.time())}.sandbox"
+        trigger = f"{int(time.time())}.{secrets.token_hex(12)}"
         self.triggers[trigger] = user_id
         if len(self.triggers) > 1000:  # trigger_ids live 3 s on Slack; keep the newest only
             del self.triggers[next(iter(self.triggers))]
@@ -235,7 +239,7 @@ class SandboxSlack:
     def response_url_for(self, user_id: str, channel: str) -> str:
         """A response_url for an interaction of `user_id`'s in `channel`: what is posted to it shows to
         them there as an ephemeral, as Slack shows a response_url's default answer."""
-        response_id = f"r{next(self._views)}"
+        response_id = secrets.token_urlsafe(18)  # unguessable, as Slack's are: it is a capability
         self._response_targets[response_id] = (user_id, channel)
         if len(self._response_targets) > 1000:  # a response_url lives 30 minutes on Slack
             del self._response_targets[next(iter(self._response_targets))]
@@ -297,7 +301,17 @@ class SandboxSlack:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        params = await _read_params(request)
+        try:
+            params = await _read_params(request)
+        except ValueError:
+            return web.json_response({"ok": False, "error": "invalid_json"})
+        if self.required_token is not None:
+            auth = request.headers.get("Authorization", "")
+            given = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
+            if not given:
+                return web.json_response({"ok": False, "error": "not_authed"})
+            if not secrets.compare_digest(str(given), self.required_token):
+                return web.json_response({"ok": False, "error": "invalid_auth"})
         fault = self._take_fault(method)
         self._record(Call(method, params, CIMultiDict(request.headers), failed=fault is not None))
         if fault is not None:
@@ -306,18 +320,26 @@ class SandboxSlack:
                 {"ok": False, "error": fault.error}, status=fault.status, headers=headers
             )
         handler = self._handlers().get(method)
-        body = handler(params) if handler else {"ok": False, "error": "unknown_method"}
+        try:
+            body = handler(params) if handler else {"ok": False, "error": "unknown_method"}
+        except (ValueError, TypeError):  # a number that is not one, a list where text belongs
+            body = {"ok": False, "error": "invalid_arguments"}
         return web.json_response(body)
 
     async def _response_url(self, request: web.Request) -> web.Response:
         response_id = request.match_info["id"]
-        body = await _read_params(request)
+        try:
+            body = await _read_params(request)
+        except ValueError:
+            return web.Response(status=400, text="invalid_json")
         fault = self._take_fault("response_url")
         self._record(Call("response_url", body, CIMultiDict(request.headers), failed=fault is not None))
         if fault is not None:
             return web.Response(status=fault.status, text=fault.error)
         self._response_ids.append(response_id)
         self.responses.append(body)
+        if self.keep_calls is not None and len(self.responses) > self.keep_calls:
+            del self.responses[0], self._response_ids[0]
         target = self._response_targets.get(response_id)
         if target is not None and (body.get("text") or body.get("blocks")):
             self.add_ephemeral(target[1], target[0], str(body.get("text") or ""), body.get("blocks"))
@@ -374,7 +396,13 @@ class SandboxSlack:
         stored = dict(message)
         if isinstance(params.get("metadata"), dict):
             stored["metadata"] = params["metadata"]
-        self.messages.setdefault(channel, []).append(stored)
+        kept = self.messages.setdefault(channel, [])
+        kept.append(stored)
+        if self.keep_calls is not None and len(kept) > self.keep_calls:
+            # A long-running sandbox keeps each channel's newest messages only.
+            for old in kept[: len(kept) - self.keep_calls]:
+                self.edited.discard((channel, str(old["ts"])))
+            del kept[: len(kept) - self.keep_calls]
         self.touch()
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
 
@@ -414,7 +442,7 @@ class SandboxSlack:
     def _publish_view(self, params: dict[str, Any]) -> dict[str, Any]:
         answer = self._view(params)
         user = str(params.get("user_id") or "")
-        if user:
+        if user and (user in self.home_views or len(self.home_views) < 1000):
             self.home_views[user] = answer["view"]
             self.touch()
         return answer
