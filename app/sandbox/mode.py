@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -34,8 +33,6 @@ SLACK_PREFIX = PREFIX + "/slack"
 IDP_PREFIX = PREFIX + "/idp"
 AGENT_CALLBACK_PATH = PREFIX + "/agent/callback"
 CLIENT_ID = "approvals-sandbox"
-SANDBOX_DATA = Path("var/sandbox")
-SANDBOX_DATABASE_URL = f"sqlite+aiosqlite:///./{SANDBOX_DATA}/approvals.db"
 NOT_SLACK = "Local sandbox: this is not Slack, and the sign-in is not a real identity provider."
 _LOOPBACK_NAMES = {"localhost", "localhost."}
 
@@ -108,26 +105,20 @@ def prepare(settings: Settings, *, allow_remote: bool = False) -> tuple[Settings
                     f"{host}: use 127.0.0.1, or pass --sandbox-remote to let anyone who can reach it act as "
                     "any sandbox user"
                 )
-    # Made-up decisions never land in a real audit log: the sandbox has a database (and a checkpoint key,
-    # and so a witness file) of its own, under var/sandbox/ unless the operator names others.
-    own_data: dict[str, object] = {}
-    if "database_url" in settings.model_fields_set:
-        if "sandbox" not in (make_url(settings.database_url).database or ""):
-            raise SandboxRefused(
-                "the sandbox records made-up decisions, so it keeps them in a database of its own: unset "
-                f"APPROVALS_DATABASE_URL (it then uses {SANDBOX_DATABASE_URL}), or give it a database whose "
-                "name contains 'sandbox'"
-            )
-    else:
-        own_data["database_url"] = SANDBOX_DATABASE_URL
-    if "checkpoint_key_file" not in settings.model_fields_set and settings.checkpoint_key is None:
-        own_data["checkpoint_key_file"] = SANDBOX_DATA / "checkpoint.key"
+    # Made-up decisions never land in a real audit log: the sandbox runs on the embedded default (the
+    # local database `make run` and the CLI share), or on a database named for it.
+    if "database_url" in settings.model_fields_set and "sandbox" not in (
+        make_url(settings.database_url).database or ""
+    ):
+        raise SandboxRefused(
+            "the sandbox records made-up decisions, so it only runs on the default local database or on a "
+            "database of its own: unset APPROVALS_DATABASE_URL, or give it one whose name contains 'sandbox'"
+        )
     signing_secret = secrets.token_hex(16)
     bot_token = "xoxb-sandbox-" + secrets.token_hex(12)
     client_secret = secrets.token_urlsafe(24)
     sandboxed = settings.model_copy(
         update={
-            **own_data,
             "public_url": public,
             "slack_bot_token": SecretStr(bot_token),
             "slack_signing_secret": SecretStr(signing_secret),
