@@ -1,5 +1,6 @@
 # The README's commands. `make run` starts the service on its embedded default, with the sandbox;
-# `make test` runs every check (lint, types, the test suite on SQLite and, when reachable, PostgreSQL).
+# `make test` runs every check (lint, types, the test suite on PostgreSQL: the system server when it
+# answers, else the embedded one).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -14,9 +14,10 @@ from yarl import URL
 
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.config import Settings
-from app.database import build_engine
+from app.database import build_engine, database_url_of
 from app.delivery.callbacks import CALLBACK_CONCURRENCY, CallbackDelivery
 from app.dispatcher import OutboxDispatcher
+from app.embedded_postgres import EmbeddedDatabaseError
 from app.http.auth import PrincipalCache
 from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
@@ -150,7 +151,11 @@ async def build_container(
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
     }
-    bounded = build_engine(settings.database_url, **pool)
+    try:
+        url = database_url_of(settings)
+    except EmbeddedDatabaseError as exc:
+        raise StartupError(str(exc)) from None
+    bounded = build_engine(url, **pool)
     engine = unbounded(bounded)
     try:
         await prepare_database(engine, settings)
@@ -164,9 +169,7 @@ async def build_container(
         settings=settings,
         engine=engine,
         interactive=bounded,
-        single_statements=build_engine(settings.database_url, isolation_level="AUTOCOMMIT", **pool)
-        if bounded.dialect.name == "postgresql"
-        else None,
+        single_statements=build_engine(url, isolation_level="AUTOCOMMIT", **pool),
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
         dispatcher=OutboxDispatcher(bounded),

@@ -6,18 +6,22 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import click
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.bootstrap import StartupError
 from app.cli_audit import audit, keys
 from app.cli_demo import demo
+from app.cli_errors import database_error_line
 from app.cli_identities import identities
 from app.cli_retention import retention
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit
-from app.database import build_engine
+from app.config import ConfigError, load_settings
+from app.database import build_engine, database_url_of
+from app.embedded_postgres import EmbeddedDatabaseError
 from app.logs import configure_logging
 from app.migrate import schema_state, upgrade_to_head
 from approvals import agents as agent_cases
@@ -25,8 +29,30 @@ from approvals.audit_queries import policy_history
 from approvals.policies import PolicyError, evaluate, load_policies
 
 
-@click.group()
-def main() -> None:
+class _Commands(click.Group):
+    """The command group: a database that cannot be reached or used is one line and exit 2 on every
+    command (app/cli_errors.py), unless --debug asks for the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (OperationalError, InterfaceError, DBAPIError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            try:
+                url = load_settings().database_url
+            except ConfigError:
+                url = None
+            line = database_error_line(exc, url)
+            if line is None:
+                raise
+            fail(line)
+
+
+@click.group(cls=_Commands)
+@click.version_option(package_name="approvals", message="approvals %(version)s")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of one line.")
+def main(debug: bool) -> None:
     """Human approval for AI agents, decided in Slack."""
     # Commands print their results on stdout (often as --json); their logs go to stderr.
     configure_logging("INFO", stream=sys.stderr)
@@ -69,7 +95,7 @@ def migrate() -> None:
     settings = settings_or_exit()
 
     async def run() -> tuple[str | None, str]:
-        engine = build_engine(settings.database_url)
+        engine = build_engine(database_url_of(settings))
         try:
             before = await schema_state(engine)
             await upgrade_to_head(engine)
@@ -79,6 +105,8 @@ def migrate() -> None:
 
     try:
         before, head = asyncio.run(run())
+    except EmbeddedDatabaseError as exc:
+        fail(f"error: {exc}")
     except OSError as exc:
         fail(f"error: cannot reach the database: {exc}")
     click.echo(f"database at {head}" + ("" if before == head else f" (was {before or 'empty'})"))

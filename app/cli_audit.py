@@ -26,7 +26,8 @@ from app.chain_formats import (
 )
 from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
 from app.cli_support import fail, in_transaction, print_result, settings_or_exit, with_engine
-from app.database import build_engine
+from app.database import build_engine, database_url_of
+from app.embedded_postgres import EmbeddedDatabaseError
 from approvals.audit_queries import events_of_kind
 from approvals.auditors import NewKey, add_auditor_key
 from approvals.chain_json import iter_chain_texts
@@ -318,14 +319,14 @@ def audit_export(
     settings = settings_or_exit()
 
     async def run(stream: IO[str]) -> int:
-        engine = build_engine(settings.database_url)
+        engine = build_engine(url)
         try:
             async with contextlib.AsyncExitStack() as sessions:
                 conn = await sessions.enter_async_context(engine.connect())
                 population = await count_chains(conn, wanted)
                 click.echo(f"population: {population} chains", err=True)
                 builders = []
-                if fmt != "csv" and engine.dialect.name == "postgresql":
+                if fmt != "csv":
                     # Two sessions write pages of JSON while this one finds the next pages.
                     builders = [await sessions.enter_async_context(engine.connect()) for _ in range(2)]
                 await _write(conn, builders, stream, fmt, population)
@@ -367,6 +368,10 @@ def audit_export(
         async for chain in iter_chains(conn, wanted):
             yield csv_text([csv_row(chain)]) if fmt == "csv" else compact_json(chain)
 
+    try:
+        url = database_url_of(settings)
+    except EmbeddedDatabaseError as exc:
+        fail(f"error: {exc}")
     if out is None:
         asyncio.run(run(sys.stdout))
     else:

@@ -15,7 +15,8 @@ import click
 from app.bootstrap import StartupError, operator_identity, prepare_database
 from app.checkpoint_keys import CheckpointKeyError, load_checkpoint_key
 from app.cli_support import fail, print_result, settings_or_exit
-from app.database import build_engine
+from app.database import build_engine, database_url_of
+from app.embedded_postgres import EmbeddedDatabaseError
 from approvals.errors import DomainError
 from approvals.retention import (
     DEFAULT_BATCH,
@@ -56,7 +57,7 @@ def retention_purge(dry_run: bool, batch: int, as_json: bool) -> None:
     actor = f"cli:{operator_identity()}"
 
     async def run() -> PurgeSummary:
-        engine = build_engine(settings.database_url)
+        engine = build_engine(database_url_of(settings))
         try:
             await prepare_database(engine, settings)
             async with engine.begin() as conn:
@@ -92,7 +93,7 @@ def retention_purge(dry_run: bool, batch: int, as_json: bool) -> None:
 
     try:
         summary = asyncio.run(run())
-    except StartupError as exc:
+    except (StartupError, EmbeddedDatabaseError) as exc:
         fail(f"error: {exc}")
     except DomainError as exc:
         fail(f"error: {exc.message}", 1)

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.bootstrap import StartupError, prepare_database
 from app.config import ConfigError, Settings, load_settings
-from app.database import build_engine
+from app.database import build_engine, database_url_of
+from app.embedded_postgres import EmbeddedDatabaseError
 from approvals.errors import DomainError
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ def with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     settings = settings_or_exit()
 
     async def run() -> T:
-        engine = build_engine(settings.database_url)
+        engine = build_engine(database_url_of(settings))
         try:
             await prepare_database(engine, settings)
             return await work(engine)
@@ -55,7 +56,7 @@ def with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except StartupError as exc:
+    except (StartupError, EmbeddedDatabaseError) as exc:
         fail(f"error: {exc}")
     except DomainError as exc:
         fail(f"error: {exc.message}", 1)

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/approvals.db"
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -22,7 +21,9 @@ class Settings(BaseSettings):
         env_prefix="APPROVALS_", env_file=".env", extra="ignore", populate_by_name=True, frozen=True
     )
 
-    database_url: str = DEFAULT_DATABASE_URL
+    # None: the embedded PostgreSQL server, its data in embedded_database_dir (app/embedded_postgres.py).
+    database_url: str | None = None
+    embedded_database_dir: Path = Path("var/postgres")
     policies: Path = Path("policies.yml")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
     # Per pool; a process on PostgreSQL has two (transactions, single statements): mind max_connections.
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_max_overflow: int = Field(default=0, ge=0, le=200)
-    auto_migrate: bool | None = None  # None: on for SQLite (the embedded default), off otherwise
+    auto_migrate: bool | None = None  # None: on for the embedded server, off for APPROVALS_DATABASE_URL
     callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     idempotency_retention_hours: int = Field(default=48, ge=24, le=24 * 90)
     retention_days: int = Field(default=400, ge=365)
@@ -69,9 +70,16 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if not value.startswith(("sqlite", "postgresql", "postgres://")):
-            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # set but empty: the embedded server, as when unset
+        if value.startswith("sqlite"):
+            raise ValueError(
+                "SQLite is not supported (PostgreSQL only): unset it to use the embedded PostgreSQL server "
+                "(its data under var/postgres), or give a postgresql:// URL"
+            )
+        if not value.startswith(("postgresql", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or unset, for the embedded server)")
         return value
 
     @field_validator("oidc_issuer")
@@ -173,7 +181,7 @@ class Settings(BaseSettings):
     def migrate_on_start(self) -> bool:
         if self.auto_migrate is not None:
             return self.auto_migrate
-        return self.database_url.startswith("sqlite")
+        return self.database_url is None  # the embedded server is ours to migrate
 
 
 def env_name(field: str) -> str:

@@ -48,7 +48,7 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
 
 
 async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Apply every pending migration in one transaction (one migrator at a time on PostgreSQL)."""
+    """Apply every pending migration in one transaction, one migrator at a time."""
 
     def _upgrade(sync_conn: Any) -> None:
         config = alembic_config()
@@ -56,6 +56,5 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         await conn.run_sync(_upgrade)

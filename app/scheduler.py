@@ -20,8 +20,8 @@ log = structlog.get_logger("approvals.scheduler")
 
 
 EXPIRY_BATCH = 500
-# Batches in flight at once on PostgreSQL: while one waits on the database, the next is prepared here
-# (SKIP LOCKED hands each its own rows, as it does for replicas). SQLite has one writer anyway.
+# Batches in flight at once: while one waits on the database, the next is prepared here (SKIP LOCKED
+# hands each its own rows, as it does for replicas).
 EXPIRY_BATCHES_AT_ONCE = 2
 
 
@@ -40,9 +40,8 @@ async def expire_requests_job(container: Container) -> int:
             if len(expired) < EXPIRY_BATCH:
                 return done
 
-    at_once = EXPIRY_BATCHES_AT_ONCE if container.engine.dialect.name == "postgresql" else 1
     async with asyncio.TaskGroup() as group:  # one failing stops the other: the next tick starts over
-        runs = [group.create_task(batches()) for _ in range(at_once)]
+        runs = [group.create_task(batches()) for _ in range(EXPIRY_BATCHES_AT_ONCE)]
     total = sum(run.result() for run in runs)
     if total:
         log.info("requests_expired", count=total)

@@ -111,7 +111,11 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
 def print_banner(settings: Settings, container: Container, sandbox: Sandbox | None) -> None:
     """The first screen: where to go, where the data is, what to try next (stdout, once)."""
     base = settings.public_url.rstrip("/")
-    database = container.engine.url.render_as_string(hide_password=True)
+    database = (
+        f"embedded PostgreSQL server, its data in {settings.embedded_database_dir}/"
+        if settings.database_url is None
+        else container.engine.url.render_as_string(hide_password=True)
+    )
     lines = ["", "  Approvals is running."]
     if sandbox is not None:
         lines += [

@@ -1,4 +1,4 @@
-"""A bound on each SQL statement of the service's own paths on PostgreSQL, and the way out of it.
+"""A bound on each SQL statement of the service's own paths, and the way out of it.
 
 A statement stuck behind a lock (a transaction that never ends) or on an overloaded server would
 otherwise hold an agent's request or a Slack click forever. The server enforces the limit, so it
@@ -13,8 +13,6 @@ SET LOCAL ends with the transaction and so never leaks to the next user of the p
 A statement that runs out is cancelled by the server (SQLSTATE 57014, `query_canceled`) and its
 whole transaction rolls back; app.http.errors answers it with a 503. The CLI's engines (exports,
 verification, the retention purge) carry no bound at all.
-
-SQLite has no statement timeout (its writers already wait at most busy_timeout for the lock).
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ QUERY_CANCELED = "57014"
 
 def unbounded(engine: AsyncEngine) -> AsyncEngine:
     """The same engine (same pool, same connections) whose transactions lift the statement bound."""
-    if engine.dialect.name != "postgresql":
-        return engine
     if not event.contains(engine.sync_engine, "begin", _lift_timeout):
         event.listen(engine.sync_engine, "begin", _lift_timeout)
     return engine.execution_options(**{OPTION: True})

@@ -1,8 +1,8 @@
-"""Text both databases can store, checked where it enters (agent JSON, query strings, Slack input).
+"""Text PostgreSQL can store, checked where it enters (agent JSON, query strings, Slack input).
 
-PostgreSQL refuses a NUL character in text and JSON columns, and neither backend can encode a lone
-surrogate; SQLite would store the NUL and truncate it in some readers. Refusing such text at the edge
-gives the caller a 4xx naming the field instead of a 500 from deep inside a transaction.
+PostgreSQL refuses a NUL character in text and JSON columns, and cannot encode a lone surrogate.
+Refusing such text at the edge gives the caller a 4xx naming the field instead of a 500 from deep inside
+a transaction.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from sqlalchemy import DateTime, Text, cast, literal_column, select, text, tuple
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit_sql import MISSING, UNLINKED, UNSEALED, ChainFindings, chain_findings
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.db import db_now, insert_ignoring_conflict
 from approvals.tables import audit_events, chain_heads
 
 GENESIS_HASH = "0" * 64
 # A retention purge holds this advisory lock exclusively; verification holds it shared, so it never
-# reads the log half-way through a purge (PostgreSQL; SQLite serialises transactions anyway).
+# reads the log half-way through a purge.
 PURGE_LOCK_ID = 0x41505247
 _INSERT_EVENT = audit_events.insert()
 
@@ -53,7 +53,7 @@ def canonical_around(value: dict[str, Any], key: str) -> tuple[str, str]:
 
 
 def format_time(value: dt.datetime) -> str:
-    """Timestamps inside hashes: UTC, microseconds, 'Z', the same on every backend."""
+    """Timestamps inside hashes: UTC, microseconds, 'Z' (audit_sql.event_time_text writes the same)."""
     utc = value.astimezone(dt.UTC)
     if utc.year < 1000:  # strftime writes such a year unpadded, isoformat pads it: keep strftime's
         return utc.strftime(_TIME_FORMAT)
@@ -214,9 +214,11 @@ async def append_events(
 ) -> AppendedEvent:
     """Append events to a chain in order. Appends to one chain are ordered by a lock on its head row only."""
     await insert_ignoring_conflict(conn, chain_heads, {"chain_id": chain_id, "seq": 0, "hash": GENESIS_HASH})
-    head_query = select(chain_heads.c.seq, chain_heads.c.hash).where(chain_heads.c.chain_id == chain_id)
-    if is_postgres(conn):
-        head_query = head_query.with_for_update()
+    head_query = (
+        select(chain_heads.c.seq, chain_heads.c.hash)
+        .where(chain_heads.c.chain_id == chain_id)
+        .with_for_update()
+    )
     head = (await conn.execute(head_query)).one()
     created_at = now or await db_now(conn)
     rows, new_head = chain_rows(chain_id, events, created_at, seq=head.seq, prev_hash=head.hash)
@@ -314,19 +316,17 @@ async def verify_all(conn: AsyncConnection, *, hash_in_database: bool = True) ->
     A chain whose events were deleted entirely but whose head row remains is reported too. The
     report names the first broken chain in chain order, at its first broken link in seq order.
 
-    On PostgreSQL the database hashes every event where it lies and reports only what is out of
-    place (approvals.audit_sql); whatever it could not seal is re-checked here by the exact path.
+    The database hashes every event where it lies and reports only what is out of place
+    (approvals.audit_sql); whatever it could not seal is re-checked here by the exact path.
     `hash_in_database=False` recomputes every hash in this process instead, for an auditor who
-    does not want to rely on the database server's own functions. SQLite is always checked here.
+    does not want to rely on the database server's own functions.
     """
-    postgres = is_postgres(conn)
-    if postgres:
-        await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
-        if hash_in_database:
-            found = await chain_findings(conn, GENESIS_HASH, give_up_after=_RECHECK_LIMIT)
-            if found is not None:
-                return await _report_findings(conn, found)
-    return await _verify_in_process(conn, postgres)
+    await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
+    if hash_in_database:
+        found = await chain_findings(conn, GENESIS_HASH, give_up_after=_RECHECK_LIMIT)
+        if found is not None:
+            return await _report_findings(conn, found)
+    return await _verify_in_process(conn)
 
 
 async def _report_findings(conn: AsyncConnection, found: ChainFindings) -> VerifyReport:
@@ -367,96 +367,88 @@ async def _report(
 
 async def _recheck(conn: AsyncConnection, events: list[tuple[str, int]]) -> set[tuple[str, int]]:
     """Of these (chain, seq) events, those whose content matches their hash by the exact path."""
-    matches = _ContentCheck(postgres=True)
+    matches = _ContentCheck()
     c = audit_events.c
     proven: set[tuple[str, int]] = set()
     for start in range(0, len(events), 1000):
         some = events[start : start + 1000]
-        rows = await conn.execute(select(*_event_columns(True)).where(tuple_(c.chain_id, c.seq).in_(some)))
+        rows = await conn.execute(select(*_event_columns()).where(tuple_(c.chain_id, c.seq).in_(some)))
         proven.update((row[0], row[1]) for row in rows if matches(row))
     return proven
 
 
-def _event_columns(postgres: bool) -> tuple[Any, ...]:
+def _event_columns() -> tuple[Any, ...]:
     """What verification reads of an event: chain_id, seq, kind, actor, data, time as text (or None),
     time, prev_hash, hash.
 
-    On PostgreSQL the JSON column is read as its text, and the time as its UTC text too (to_char's
-    form is format_time's for years 1000-9999; NULL outside them, where the time comes as the
-    aware datetime psycopg gives instead). That lets most events be hashed straight from what was
-    read (_stored_body); the others, and any whose shortcut does not match, are decided by
+    The JSON column is read as its text, and the time as its UTC text too (to_char's form is
+    format_time's for years 1000-9999; NULL outside them, where the time comes as the aware datetime
+    psycopg gives instead). That lets most events be hashed straight from what was read
+    (_stored_body); the others, and any whose shortcut does not match, are decided by
     event_hash over the data as psycopg would decode it. Functions are named in pg_catalog so
     that nothing on the search path can stand in for them.
     """
     c = audit_events.c
-    if postgres:
-        in_range = (
-            "audit_events.created_at >= '1000-01-01 00:00:00+00'::pg_catalog.timestamptz"
-            " AND audit_events.created_at < '10000-01-01 00:00:00+00'::pg_catalog.timestamptz"
-        )
-        columns: list[Any] = [
-            cast(c.data, Text).label("data"),
-            literal_column(
-                f"CASE WHEN {in_range} THEN pg_catalog.to_char(pg_catalog.timezone('UTC', "
-                """audit_events.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END""",
-                Text,
-            ).label("at_text"),
-            literal_column(
-                f"CASE WHEN {in_range} THEN NULL ELSE audit_events.created_at END",
-                DateTime(timezone=True),
-            ).label("created_at"),
-        ]
-    else:
-        columns = [c.data, literal_column("NULL").label("at_text"), c.created_at]
-    return (c.chain_id, c.seq, c.kind, c.actor, *columns, c.prev_hash, c.hash)
+    in_range = (
+        "audit_events.created_at >= '1000-01-01 00:00:00+00'::pg_catalog.timestamptz"
+        " AND audit_events.created_at < '10000-01-01 00:00:00+00'::pg_catalog.timestamptz"
+    )
+    return (
+        c.chain_id,
+        c.seq,
+        c.kind,
+        c.actor,
+        cast(c.data, Text).label("data"),
+        literal_column(
+            f"CASE WHEN {in_range} THEN pg_catalog.to_char(pg_catalog.timezone('UTC', "
+            """audit_events.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END""",
+            Text,
+        ).label("at_text"),
+        literal_column(
+            f"CASE WHEN {in_range} THEN NULL ELSE audit_events.created_at END",
+            DateTime(timezone=True),
+        ).label("created_at"),
+        c.prev_hash,
+        c.hash,
+    )
 
 
 class _ContentCheck:
     """Whether a row read with _event_columns hashes to its stored hash: the shortest sure way."""
 
-    def __init__(self, *, postgres: bool) -> None:
-        self._postgres = postgres
-        self._last_time: Any = None
-        self._last_text = ""
+    def __init__(self) -> None:
         # JSON text as stored -> its _compact form, or "" where the shortcut does not apply. Payloads
         # recur (policy decisions, final states), so many events need no work on their data at all.
         self._compacted: dict[Any, str] = {}
 
     def __call__(self, row: Any) -> bool:
         chain_id, seq, kind, actor, payload, when, created_at, link, digest = row
-        if self._postgres:
-            compacted = self._compacted.get(payload)
-            if compacted is None:
-                # Only valid JSON (PostgreSQL's json type) without a backslash can be _compact-ed.
-                compacted = ""
-                if type(payload) is str and "\\" not in payload:
-                    try:
-                        compacted = _compact(payload)
-                    except ValueError:  # not JSON as PostgreSQL keeps it (cannot be): no shortcut
-                        pass
-                if len(self._compacted) >= 50_000:
-                    self._compacted.clear()
-                self._compacted[payload] = compacted
-            if compacted and when is not None:
+        compacted = self._compacted.get(payload)
+        if compacted is None:
+            # Only valid JSON (PostgreSQL's json type) without a backslash can be _compact-ed.
+            compacted = ""
+            if type(payload) is str and "\\" not in payload:
                 try:
-                    body = _stored_body(chain_id, seq, kind, actor, compacted, when, link)
-                    if hashlib.sha256(body).hexdigest() == digest:
-                        return True
-                except TypeError:  # a value of another type than its column's (tampered)
+                    compacted = _compact(payload)
+                except ValueError:  # not JSON as PostgreSQL keeps it (cannot be): no shortcut
                     pass
-            # The reference: event_hash over what psycopg would give for this row.
-            if when is not None:
-                created_at = dt.datetime.strptime(when, _TIME_FORMAT).replace(tzinfo=dt.UTC)
-            return _hash_matches(row, json.loads(payload), created_at)
-        if created_at != self._last_time:
-            self._last_time, self._last_text = created_at, format_time(created_at)
-        written = _event_body(chain_id, seq, kind, actor, _CANONICAL.encode(payload), self._last_text, link)
-        if written is None:
-            return _hash_matches(row, payload, created_at)
-        return bool(hashlib.sha256(written).hexdigest() == digest)
+            if len(self._compacted) >= 50_000:
+                self._compacted.clear()
+            self._compacted[payload] = compacted
+        if compacted and when is not None:
+            try:
+                body = _stored_body(chain_id, seq, kind, actor, compacted, when, link)
+                if hashlib.sha256(body).hexdigest() == digest:
+                    return True
+            except TypeError:  # a value of another type than its column's (tampered)
+                pass
+        # The reference: event_hash over what psycopg would give for this row.
+        if when is not None:
+            created_at = dt.datetime.strptime(when, _TIME_FORMAT).replace(tzinfo=dt.UTC)
+        return _hash_matches(row, json.loads(payload), created_at)
 
 
-async def _verify_in_process(conn: AsyncConnection, postgres: bool) -> VerifyReport:
+async def _verify_in_process(conn: AsyncConnection) -> VerifyReport:
     """verify_all with every hash recomputed here, in one pass over the log.
 
     The log is read in id order, which is the table's own order (a sequential read, where chain
@@ -471,12 +463,12 @@ async def _verify_in_process(conn: AsyncConnection, postgres: bool) -> VerifyRep
         for row in await conn.execute(select(chain_heads))
     }
     c = audit_events.c
-    event_columns = _event_columns(postgres)
+    event_columns = _event_columns()
     result = await conn.stream(select(*event_columns).order_by(c.id).execution_options(yield_per=5000))
     chains = events = 0
     breaks: dict[str, ChainBreak] = {}
     unordered: list[str] = []  # chains whose events are not in seq order (or have a gap) by id
-    content_matches = _ContentCheck(postgres=postgres)
+    content_matches = _ContentCheck()
 
     async for partition in result.partitions():
         for row in partition:

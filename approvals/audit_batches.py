@@ -11,20 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import GENESIS_HASH, NewEvent, chain_rows
-from approvals.db import array_literal, insert_many, is_postgres
+from approvals.db import array_literal, insert_many
 from approvals.tables import audit_events, chain_heads
 
-_MOVE_HEAD = (
-    update(chain_heads)
-    .where(chain_heads.c.chain_id == bindparam("b_chain_id"))
-    .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
-)
-# PostgreSQL: every head of the batch in one statement (an executemany is a statement per row there),
-# the strings as array text (see approvals.db.array_literal).
+# Every head of the batch in one statement (an executemany is a statement per row), the strings as
+# array text (see approvals.db.array_literal).
 _MOVE_HEADS = text(
     """
     UPDATE chain_heads AS h SET seq = t.seq, hash = t.hash
@@ -46,9 +41,8 @@ async def lock_heads(conn: AsyncConnection, chain_ids: Sequence[str]) -> dict[st
             select(chain_heads.c.chain_id, chain_heads.c.seq, chain_heads.c.hash)
             .where(chain_heads.c.chain_id.in_(ordered[start : start + 1000]))
             .order_by(chain_heads.c.chain_id)
+            .with_for_update()
         )
-        if is_postgres(conn):
-            query = query.with_for_update()
         heads.update((row.chain_id, (row.seq, row.hash)) for row in await conn.execute(query))
     return heads
 
@@ -93,17 +87,12 @@ async def append_to_chains(
         rows.extend(new_rows)
         moved.append((chain_id, head["seq"], head["hash"]))
     await insert_many(conn, audit_events, rows)
-    if is_postgres(conn):
-        ids, seqs, hashes = zip(*moved, strict=True)
-        await conn.execute(
-            _MOVE_HEADS,
-            {
-                "chain_ids": array_literal(list(ids)),
-                "seqs": list(seqs),
-                "hashes": array_literal(list(hashes)),
-            },
-        )
-    else:
-        await conn.execute(
-            _MOVE_HEAD, [{"b_chain_id": c, "b_seq": seq, "b_hash": digest} for c, seq, digest in moved]
-        )
+    ids, seqs, hashes = zip(*moved, strict=True)
+    await conn.execute(
+        _MOVE_HEADS,
+        {
+            "chain_ids": array_literal(list(ids)),
+            "seqs": list(seqs),
+            "hashes": array_literal(list(hashes)),
+        },
+    )

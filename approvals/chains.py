@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.db import is_postgres, iso_utc
+from approvals.db import iso_utc
 from approvals.errors import InvalidInput, NotFound
 from approvals.tables import (
     agents,
@@ -138,19 +138,14 @@ def _filtered(query: Select[Any], f: ChainFilter, *, counting: bool = False) -> 
     return query.where(and_(*conditions)) if conditions else query
 
 
-# JSON columns the export reads as their text on PostgreSQL, to decode a page's worth in one
-# json.loads (see _decode_all) instead of one call per value in the driver.
+# JSON columns the export reads as their text, to decode a page's worth in one json.loads (see
+# _decode_all) instead of one call per value in the driver.
 _REQUEST_JSON = ("params", "links", "policy_rule")
 
 
-def _base(postgres: bool = False) -> Select[Any]:
-    columns: list[Any] = (
-        [cast(c, Text).label(c.name) if c.name in _REQUEST_JSON else c for c in requests.c]
-        if postgres
-        else [requests]
-    )
+def _base() -> Select[Any]:
     return select(
-        *columns,
+        *(cast(c, Text).label(c.name) if c.name in _REQUEST_JSON else c for c in requests.c),
         agents.c.name.label("agent_name"),
         agents.c.owner.label("agent_owner"),
         agents.c.purpose.label("agent_purpose"),
@@ -204,7 +199,7 @@ async def chain_page(
     conn: AsyncConnection, f: ChainFilter, *, cursor: str | None = None, limit: int = 100
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of chains, oldest first, and the cursor for the next page (None at the end)."""
-    rows = list(await conn.execute(_page(_base(is_postgres(conn)), f, cursor, limit)))
+    rows = list(await conn.execute(_page(_base(), f, cursor, limit)))
     chains = await _assemble(conn, rows[:limit])
     return chains, _next_cursor(rows, limit)
 
@@ -229,7 +224,7 @@ async def iter_chains(conn: AsyncConnection, f: ChainFilter) -> AsyncIterator[di
 
 
 async def get_chain(conn: AsyncConnection, request_id: str) -> dict[str, Any]:
-    rows = list(await conn.execute(_base(is_postgres(conn)).where(requests.c.id == request_id)))
+    rows = list(await conn.execute(_base().where(requests.c.id == request_id)))
     if not rows:
         raise NotFound("chain_not_found", f"no request {request_id!r}", "id")
     return (await _assemble(conn, rows))[0]
@@ -250,12 +245,10 @@ def redact(params: Any, paths: list[str]) -> Any:
     return result
 
 
-def _among(column: Any, ids: list[str], postgres: bool) -> Any:
-    """`column IN ids`; on PostgreSQL `= ANY(array)`, one parameter instead of one per id (a page
-    of 500 chains otherwise makes statements of 500 parameters to build and parse, four per page)."""
-    if postgres:
-        return column == any_(bindparam("ids", ids, type_=ARRAY(String)))
-    return column.in_(ids)
+def _among(column: Any, ids: list[str]) -> Any:
+    """`column IN ids` as `= ANY(array)`, one parameter instead of one per id (a page of 500 chains
+    otherwise makes statements of 500 parameters to build and parse, four per page)."""
+    return column == any_(bindparam("ids", ids, type_=ARRAY(String)))
 
 
 def _decode_all(texts: list[Any]) -> list[Any]:
@@ -268,10 +261,10 @@ def _decode_all(texts: list[Any]) -> list[Any]:
     return [None if t is None else next(values) for t in texts]
 
 
-def _time(column: Any, postgres: bool) -> Any:
-    """A time column for iso_utc: on PostgreSQL the aware datetime psycopg gives, without the
-    column type's own conversion to UTC (iso_utc converts anyway); SQLite needs that conversion."""
-    return type_coerce(column, DateTime(timezone=True)) if postgres else column
+def _time(column: Any) -> Any:
+    """A time column for iso_utc: the aware datetime psycopg gives, without the column type's own
+    conversion to UTC (iso_utc converts anyway)."""
+    return type_coerce(column, DateTime(timezone=True))
 
 
 async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, Any]]:
@@ -280,12 +273,11 @@ async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, An
     ids = [r.id for r in rows]
     if not ids:
         return []
-    postgres = is_postgres(conn)
     by_request: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     m = slack_messages.c
     for request_id, destination, channel, ts, permalink, posted_at in await conn.execute(
-        select(m.request_id, m.destination, m.channel, m.ts, m.permalink, _time(m.created_at, postgres))
-        .where(_among(m.request_id, ids, postgres))
+        select(m.request_id, m.destination, m.channel, m.ts, m.permalink, _time(m.created_at))
+        .where(_among(m.request_id, ids))
         .order_by(m.id)
     ):
         by_request[request_id]["messages"].append(
@@ -303,13 +295,13 @@ async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, An
         select(
             a.request_id,
             a.attempt,
-            _time(a.started_at, postgres),
+            _time(a.started_at),
             a.status_code,
             a.result,
             a.latency_ms,
             a.error,
         )
-        .where(_among(a.request_id, ids, postgres), a.kind == "callback")
+        .where(_among(a.request_id, ids), a.kind == "callback")
         .order_by(a.id)
     ):
         by_request[request_id]["callbacks"].append(
@@ -335,14 +327,14 @@ async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, An
                 d.reason,
                 d.action_ts,
                 d.policy_version_id,
-                cast(d.mfa, Text) if postgres else d.mfa,
-                _time(d.created_at, postgres),
+                cast(d.mfa, Text),
+                _time(d.created_at),
             )
-            .where(_among(d.request_id, ids, postgres))
+            .where(_among(d.request_id, ids))
             .order_by(d.id)
         )
     )
-    mfas = _decode_all([r[9] for r in found]) if postgres else [r[9] for r in found]
+    mfas = _decode_all([r[9] for r in found])
     for (request_id, approver, name, email, team, decision, reason, action_ts, version, _, at), mfa in zip(
         found, mfas, strict=True
     ):
@@ -365,16 +357,16 @@ async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, An
                 e.seq,
                 e.kind,
                 e.actor,
-                _time(e.created_at, postgres),
-                cast(e.data, Text) if postgres else e.data,
+                _time(e.created_at),
+                cast(e.data, Text),
                 e.prev_hash,
                 e.hash,
             )
-            .where(_among(e.chain_id, ids, postgres))
+            .where(_among(e.chain_id, ids))
             .order_by(e.chain_id, e.seq)
         )
     )
-    payloads = _decode_all([r[5] for r in found]) if postgres else [r[5] for r in found]
+    payloads = _decode_all([r[5] for r in found])
     last_time: Any = None
     last_text: str | None = None
     for (chain_id, seq, kind, actor, created_at, _, prev_hash, digest), payload in zip(
@@ -394,11 +386,8 @@ async def _assemble(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, An
                 "hash": digest,
             }
         )
-    if postgres:
-        decoded = _decode_all([v for r in rows for v in (r.params, r.links, r.policy_rule)])
-        json_values = [decoded[i : i + 3] for i in range(0, len(decoded), 3)]
-    else:
-        json_values = [[r.params, r.links, r.policy_rule] for r in rows]
+    decoded = _decode_all([v for r in rows for v in (r.params, r.links, r.policy_rule)])
+    json_values = [decoded[i : i + 3] for i in range(0, len(decoded), 3)]
     return [_chain(row, by_request[row.id], *values) for row, values in zip(rows, json_values, strict=True)]
 
 

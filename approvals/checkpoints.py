@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 
 from approvals.audit import GENESIS_HASH, PURGE_LOCK_ID, canonical_json, format_time
 from approvals.audit_sql import checkpoint_digests
-from approvals.db import db_now, is_postgres
+from approvals.db import db_now
 from approvals.tables import audit_checkpoints, audit_events, audit_purged_events, audit_purges
 
 # Events younger than this are left for the next checkpoint: a transaction still in flight may hold
@@ -199,8 +199,7 @@ async def create_checkpoint(
     older checkpoint then shows a gap where the removed ones stood (see checkpoint_gaps). An interval
     of 0 always writes one.
     """
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHECKPOINT_LOCK_ID})
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHECKPOINT_LOCK_ID})
     previous = await latest_checkpoint(conn)
     after_id = int(previous["last_event_id"]) if previous else 0
     now = await db_now(conn)
@@ -266,13 +265,11 @@ async def verify_checkpoints(
     """Check every checkpoint's signature, links and running hash against the events it covers.
 
     `exported` is a checkpoint kept outside the database: the stored one must be identical to it.
-    On PostgreSQL scheme-2 running hashes are computed by the database where the log lies, while
-    this process checks the signatures; `hash_in_database=False` computes them here as well.
+    Scheme-2 running hashes are computed by the database where the log lies, while this process
+    checks the signatures; `hash_in_database=False` computes them here as well.
     """
-    postgres = is_postgres(conn)
-    if postgres:
-        # A purge deletes events and records their hashes in one transaction; while we read, it waits.
-        await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
+    # A purge deletes events and records their hashes in one transaction; while we read, it waits.
+    await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:id)"), {"id": PURGE_LOCK_ID})
     rows = [
         dict(r)
         for r in (
@@ -287,7 +284,7 @@ async def verify_checkpoints(
     # checked here meanwhile (they cost this process more than anything else verification does).
     computed: dict[int, tuple[int, str]] = {}
     both = None
-    if postgres and hash_in_database and one_pass:
+    if hash_in_database and one_pass:
         query = asyncio.ensure_future(checkpoint_digests(conn, GENESIS_HASH, limit=DATABASE_DIGEST_LIMIT))
         try:
             signed = await _signatures(rows, verify)

@@ -1,4 +1,4 @@
-"""Database plumbing shared by every use case: the UTC time type, the database clock, portable upserts."""
+"""Database plumbing shared by every use case: the UTC time type, the database clock, upserts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import operator
 from typing import Any
 
 from sqlalchemy import DateTime, String, Table, TypeDecorator, bindparam, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,7 +17,7 @@ UTC = dt.UTC
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
-    """A timestamp that is always timezone-aware UTC in Python, whatever the backend stores."""
+    """A timestamp that is always timezone-aware UTC in Python, whatever the session's time zone."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -27,9 +27,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored: pass an aware UTC datetime")
-        value = value.astimezone(UTC)
-        # SQLite keeps text: drop the zone so every stored value has the same sortable shape.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -42,18 +40,14 @@ def iso_utc(value: dt.datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
-_POSTGRES_NOW = text("SELECT clock_timestamp()")
+_NOW = text("SELECT clock_timestamp()")
 
 
 async def db_now(conn: AsyncConnection) -> dt.datetime:
     """The database server's clock: every timestamp we record comes from here, never from the caller."""
-    if conn.dialect.name == "sqlite":
-        raw = (await conn.execute(_SQLITE_NOW)).scalar_one()
-        return dt.datetime.fromisoformat(raw).replace(tzinfo=UTC)
     # clock_timestamp(), not now(): now() is frozen at transaction start, which would let a long
     # transaction record times earlier than events it has already seen committed.
-    value = (await conn.execute(_POSTGRES_NOW)).scalar_one()
+    value = (await conn.execute(_NOW)).scalar_one()
     assert isinstance(value, dt.datetime)
     return value.astimezone(UTC)
 
@@ -65,7 +59,7 @@ async def insert_ignoring_conflict(
 
     RETURNING, not rowcount, tells whether the row was inserted: psycopg reports -1 here.
     """
-    stmt = _insert_ignoring(conn.dialect.name, table, returning)
+    stmt = _insert_ignoring(table, returning)
     return (await conn.execute(stmt, values)).first()
 
 
@@ -74,18 +68,18 @@ async def insert_many(
 ) -> None:
     """INSERT many rows in one statement (with ignore_conflicts, rows that exist are skipped).
 
-    On PostgreSQL the rows go as one array per column into `INSERT ... SELECT FROM unnest(...)`: an
-    executemany there is one statement per row on the server (psycopg pipelines them, but each is
-    parsed, planned and run alone), which cost the expiry sweep more than the rows' writes themselves.
+    The rows go as one array per column into `INSERT ... SELECT FROM unnest(...)`: an executemany is
+    one statement per row on the server (psycopg pipelines them, but each is parsed, planned and run
+    alone), which cost the expiry sweep more than the rows' writes themselves.
     A column with the same value in every row (a batch's time, say) goes once, as a plain parameter,
     and an array of strings goes as array text built here (see array_literal): turning values into
     array text element by element in the driver was most of the CPU such an insert cost this process.
     """
     if not rows:
         return
-    columns = _uniform_columns(table, rows) if is_postgres(conn) else None
+    columns = _uniform_columns(table, rows)
     if columns is None:
-        statement = _on_conflict_do_nothing(conn.dialect.name, table) if ignore_conflicts else table.insert()
+        statement = _on_conflict_do_nothing(table) if ignore_conflicts else table.insert()
         await conn.execute(statement, rows)
         return
     first = rows[0]
@@ -238,18 +232,12 @@ def without_length(type_: Any) -> Any:
 
 
 @functools.cache
-def _on_conflict_do_nothing(dialect: str, table: Table) -> Any:
+def _on_conflict_do_nothing(table: Table) -> Any:
     # Built once per table: constructing statements per call costs more CPU than running them.
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()
 
 
 @functools.cache
-def _insert_ignoring(dialect: str, table: Table, returning: Any) -> Any:
+def _insert_ignoring(table: Table, returning: Any) -> Any:
     columns = [returning] if returning is not None else list(table.primary_key.columns)
-    return _on_conflict_do_nothing(dialect, table).returning(*columns)
-
-
-def is_postgres(conn: AsyncConnection) -> bool:
-    """True on PostgreSQL, where row locks (FOR UPDATE [SKIP LOCKED]) are available."""
-    return conn.dialect.name == "postgresql"
+    return _on_conflict_do_nothing(table).returning(*columns)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import append_event
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.db import db_now, insert_ignoring_conflict
 from approvals.errors import NotFound
 from approvals.outbox import SLACK_UPDATE, enqueue
 from approvals.principals import is_requester, stored_requester
@@ -125,9 +125,7 @@ def _is_self(click: Click, request: Any) -> bool:
 
 async def lock_request(conn: AsyncConnection, request_id: str) -> Any:
     """The request row, locked against concurrent decisions (NO KEY UPDATE: we never change its id)."""
-    query = select(requests).where(requests.c.id == request_id)
-    if is_postgres(conn):
-        query = query.with_for_update(key_share=True)
+    query = select(requests).where(requests.c.id == request_id).with_for_update(key_share=True)
     request = (await conn.execute(query)).first()
     if request is None:
         raise NotFound("request_not_found", f"no request {request_id!r}", "request_id")
@@ -204,7 +202,7 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
             "created_at": now,
         },
     )
-    if inserted is None:  # a concurrent click by the same person won (only possible without row locks)
+    if inserted is None:  # the same person's click got in first (the request's lock rules it out: a guard)
         return Refused(reason="already_decided", status=request.status)
     await append_event(
         conn,

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select, text, update
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import canonical_text
-from approvals.db import array_literal, db_now, is_postgres
+from approvals.db import array_literal, db_now
 from approvals.tables import slack_clicks
 
 
@@ -29,7 +28,7 @@ class NewClick:
 
 async def store_clicks(conn: AsyncConnection, clicks: list[NewClick]) -> list[int | None]:
     """Keep several clicks in one statement; for each, its id, or None when it was already kept.
-    On PostgreSQL that is all it runs (the statement reads the clock itself).
+    That is all it runs (the statement reads the clock itself).
 
     A key seen twice in the batch counts once: the later copy is a retry of the earlier one.
     """
@@ -39,36 +38,15 @@ async def store_clicks(conn: AsyncConnection, clicks: list[NewClick]) -> list[in
         if click.dedupe_key not in first:
             first[click.dedupe_key] = index
             unique.append(click)
-    if is_postgres(conn):
-        # Columns as arrays into one cached statement that stamps the rows with the database's clock
-        # itself: building a multi-row VALUES statement anew for every batch cost more than a
-        # millisecond of CPU, and reading the clock first another round trip.
-        params = {
-            "keys": array_literal([click.dedupe_key for click in unique]),
-            "request_ids": array_literal([click.request_id for click in unique]),
-            "payloads": array_literal([canonical_text(click.payload) for click in unique]),
-        }
-        rows = await conn.execute(_STORE_POSTGRES, params)
-    else:
-        now = await db_now(conn)
-        values = [
-            {
-                "dedupe_key": click.dedupe_key,
-                "request_id": click.request_id,
-                "payload": click.payload,
-                "status": "pending",
-                "attempts": 0,
-                "created_at": now,
-            }
-            for click in unique
-        ]
-        stmt = (
-            sqlite.insert(slack_clicks)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[slack_clicks.c.dedupe_key])
-            .returning(slack_clicks.c.id, slack_clicks.c.dedupe_key)
-        )
-        rows = await conn.execute(stmt)
+    # Columns as arrays into one cached statement that stamps the rows with the database's clock
+    # itself: building a multi-row VALUES statement anew for every batch cost more than a
+    # millisecond of CPU, and reading the clock first another round trip.
+    params = {
+        "keys": array_literal([click.dedupe_key for click in unique]),
+        "request_ids": array_literal([click.request_id for click in unique]),
+        "payloads": array_literal([canonical_text(click.payload) for click in unique]),
+    }
+    rows = await conn.execute(_STORE, params)
     kept = {row.dedupe_key: int(row.id) for row in rows}
     return [
         kept.get(click.dedupe_key) if first[click.dedupe_key] == index else None
@@ -76,7 +54,7 @@ async def store_clicks(conn: AsyncConnection, clicks: list[NewClick]) -> list[in
     ]
 
 
-_STORE_POSTGRES = text(
+_STORE = text(
     """INSERT INTO slack_clicks (dedupe_key, request_id, payload, status, attempts, created_at)
 SELECT u.dedupe_key, u.request_id, u.payload, 'pending', 0, pg_catalog.clock_timestamp()
 FROM unnest(CAST(:keys AS text[]), CAST(:request_ids AS text[]), CAST(:payloads AS json[]))
@@ -94,9 +72,7 @@ async def read_click(conn: AsyncConnection, click_id: int) -> Any:
 async def claim_click(conn: AsyncConnection, click_id: int) -> Any:
     """Lock a pending click for deciding; None when it is done or another process holds it."""
     query = select(slack_clicks).where(slack_clicks.c.id == click_id, slack_clicks.c.status == "pending")
-    if is_postgres(conn):
-        query = query.with_for_update(skip_locked=True)
-    return (await conn.execute(query)).first()
+    return (await conn.execute(query.with_for_update(skip_locked=True))).first()
 
 
 async def finish_click(conn: AsyncConnection, click_id: int) -> None:

@@ -63,15 +63,6 @@ _CLOCK = f"""clock AS MATERIALIZED (
 )"""  # noqa: S608
 
 
-def fill_expiry(events: list[NewEvent], expires_at: dt.datetime) -> list[NewEvent]:
-    """The events with EXPIRES_AT written as the time, for a backend that hashes in Python."""
-    expiry = expires_at.isoformat()
-    return [
-        NewEvent(e.kind, e.actor, {k: expiry if v is EXPIRES_AT else v for k, v in e.data.items()})
-        for e in events
-    ]
-
-
 def _param(name: str, sql_type: str) -> str:
     return f"CAST(:{name} AS {sql_type})"
 

@@ -16,13 +16,13 @@ and a chain that records a request (`request_created`) still has its row. A rete
 a request's rows and its chain together (approvals/retention.py), so a purged request is simply
 in neither. Any disagreement is a finding naming the request.
 
-One statement finds the disagreeing requests, on either backend, in a single snapshot (a request
-and its events are written in one transaction, so no half-written request is ever seen): the
-relevant events grouped per chain, each decision event joined to its decision row on the way, the
-decision rows grouped per request with those no event records counted, and both joined with the
-requests. On PostgreSQL it runs where the rows lie, reading and aggregating the events in parallel
-workers (on a 100,000-request log of 508,454 events it took about as long as hashing every chain),
-and sends back only the disagreements; only those requests are then read again to name what differs.
+One statement finds the disagreeing requests in a single snapshot (a request and its events are
+written in one transaction, so no half-written request is ever seen): the relevant events grouped
+per chain, each decision event joined to its decision row on the way, the decision rows grouped per
+request with those no event records counted, and both joined with the requests. It runs where the
+rows lie, reading and aggregating the events in parallel workers (on a 100,000-request log of
+508,454 events it took about as long as hashing every chain), and sends back only the
+disagreements; only those requests are then read again to name what differs.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from sqlalchemy import and_, case, exists, func, literal, null, or_, select, tex
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit_sql import use_parallel_workers
-from approvals.db import is_postgres
 from approvals.tables import audit_events, decisions, requests
 
 CREATED = "request_created"
@@ -225,11 +224,10 @@ def _disagreements(limit: int) -> Any:
 
 async def check_consistency(conn: AsyncConnection, *, most: int = MOST_NAMED) -> Consistency:
     """Every request row against its chain (see the module docstring); the disagreements, named."""
-    if is_postgres(conn):
-        await use_parallel_workers(conn)
-        # The planner prices the per-request subquery high enough to JIT-compile the statement with
-        # optimisation, which costs more than the whole statement then takes to run.
-        await conn.execute(text("SET LOCAL jit = off"))
+    await use_parallel_workers(conn)
+    # The planner prices the per-request subquery high enough to JIT-compile the statement with
+    # optimisation, which costs more than the whole statement then takes to run.
+    await conn.execute(text("SET LOCAL jit = off"))
     found = (await conn.execute(_disagreements(most + 1))).mappings().all()
     total = int((await conn.execute(select(func.count()).select_from(requests))).scalar_one())
     named = found[:most]

@@ -119,14 +119,7 @@ async def verify_audit_log(
                 conn, longest=interval * GAP_INTERVALS, as_of=as_of, since=gaps_since
             )
 
-    if engine.dialect.name == "sqlite":  # one writer, one file: nothing to gain from more sessions
-        report = await chains()
-        count, problem = await checkpoints()
-        consistency, timeline = await rows()
-    else:
-        report, (count, problem), (consistency, timeline) = await asyncio.gather(
-            chains(), checkpoints(), rows()
-        )
+    report, (count, problem), (consistency, timeline) = await asyncio.gather(chains(), checkpoints(), rows())
     findings = _consistency_findings(consistency)
     if timeline is not None and interval is not None:
         findings += timeline_findings(timeline, interval)

@@ -6,10 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.db import db_now, insert_ignoring_conflict, insert_many_ignoring_conflict, is_postgres, iso_utc
+from approvals.db import db_now, insert_ignoring_conflict, insert_many_ignoring_conflict, iso_utc
 from approvals.tables import delivery_attempts, outbox
 
 SLACK_NOTIFY = "slack_notify"
@@ -100,39 +100,24 @@ async def claim_due(
     kinds this process has no handler for (Slack cards queued while Slack is switched off) are never
     visited, however many of them wait, and stay pending for a process that can deliver them.
     """
-    if is_postgres(conn):
-        return await _claim_due_postgres(conn, kinds=kinds, limit=limit, lease=lease)
-    now = await db_now(conn)
     rows: list[Any] = []
     for kind in kinds:
-        query = (
-            select(*_CLAIM_COLUMNS)
-            .where(outbox.c.status == "pending", outbox.c.kind == kind, outbox.c.next_attempt_at <= now)
-            .order_by(outbox.c.next_attempt_at, outbox.c.id)
-            .limit(limit)
-        )
-        rows.extend((await conn.execute(query)).all())
-    if not rows:
-        return []
+        result = await conn.execute(_CLAIM, {"kind": kind, "limit": limit, "lease": lease.total_seconds()})
+        # RETURNING has no order of its own: oldest row first.
+        rows.extend(sorted(result.all(), key=lambda row: row.id))
     for row in rows:
         if row.attempts > 0:
             await _record_interrupted(conn, row)
-    # One statement for the batch: the rows are ours (SQLite has one writer).
-    await conn.execute(
-        update(outbox)
-        .where(outbox.c.id.in_([row.id for row in rows]))
-        .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease, updated_at=now)
-    )
     return [
         Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
         for row in rows
     ]
 
 
-# PostgreSQL: lock, lease and read a kind's due rows in one statement (instead of reading the clock,
-# selecting, then updating). `due` keeps each row's attempts and updated_at as they were before the
-# lease, which _record_interrupted needs. FOR UPDATE SKIP LOCKED in the CTE: other replicas skip them.
-_CLAIM_POSTGRES = text(
+# Lock, lease and read a kind's due rows in one statement (instead of reading the clock, selecting,
+# then updating). `due` keeps each row's attempts and updated_at as they were before the lease, which
+# _record_interrupted needs. FOR UPDATE SKIP LOCKED in the CTE: other replicas skip them.
+_CLAIM = text(
     """
 WITH t AS (SELECT clock_timestamp() AS now),
 due AS (
@@ -152,25 +137,6 @@ RETURNING outbox.id, outbox.kind, outbox.request_id, outbox.dedupe_key, outbox.p
           due.attempts, due.updated_at
 """
 ).columns(*_CLAIM_COLUMNS)
-
-
-async def _claim_due_postgres(
-    conn: AsyncConnection, *, kinds: list[str], limit: int, lease: dt.timedelta
-) -> list[Claimed]:
-    rows: list[Any] = []
-    for kind in kinds:
-        result = await conn.execute(
-            _CLAIM_POSTGRES, {"kind": kind, "limit": limit, "lease": lease.total_seconds()}
-        )
-        # RETURNING has no order of its own: oldest row first.
-        rows.extend(sorted(result.all(), key=lambda row: row.id))
-    for row in rows:
-        if row.attempts > 0:
-            await _record_interrupted(conn, row)
-    return [
-        Claimed(row.id, row.kind, row.request_id, row.dedupe_key, dict(row.payload), row.attempts + 1)
-        for row in rows
-    ]
 
 
 async def _record_interrupted(conn: AsyncConnection, row: Any) -> None:
@@ -217,24 +183,10 @@ class Attempt:
     ago: float | None = None
 
 
-_RETRY = (
-    update(outbox)
-    .where(outbox.c.id == bindparam("b_id"))
-    .values(
-        next_attempt_at=bindparam("b_next"), last_error=bindparam("b_error"), updated_at=bindparam("b_now")
-    )
-)
-_FINISH = (
-    update(outbox)
-    .where(outbox.c.id == bindparam("b_id"))
-    .values(status=bindparam("b_status"), last_error=bindparam("b_error"), updated_at=bindparam("b_now"))
-)
-
-
-# PostgreSQL: the whole settlement in one statement, its rows passed as one array per column (a
-# fixed shape, so it is prepared once; executemany would send, and dump in Python, one row at a time,
-# which cost more CPU than the callback's HTTP request). One clock reading for every row, as below.
-_SETTLE_POSTGRES = text(
+# The whole settlement in one statement, its rows passed as one array per column (a fixed shape, so
+# it is prepared once; executemany would send, and dump in Python, one row at a time, which cost more
+# CPU than the callback's HTTP request). One clock reading for every row.
+_SETTLE = text(
     """
 WITH t AS (SELECT clock_timestamp() AS now),
 v AS (
@@ -274,63 +226,23 @@ async def settle_many(conn: AsyncConnection, attempts: list[Attempt]) -> None:
     """Record attempts and move their rows on (done, retried later, or failed for good), all at once."""
     if not attempts:
         return
-    if is_postgres(conn):
-        await conn.execute(
-            _SETTLE_POSTGRES,
-            {
-                "outbox_id": [a.claimed.id for a in attempts],
-                "request_id": [a.claimed.request_id for a in attempts],
-                "kind": [a.claimed.kind for a in attempts],
-                "attempt": [a.claimed.attempt for a in attempts],
-                "target": [a.target for a in attempts],
-                "started_at": [a.started_at for a in attempts],
-                "ago": [a.ago for a in attempts],
-                "latency_ms": [a.latency_ms for a in attempts],
-                "status_code": [a.status_code for a in attempts],
-                "result": [a.result for a in attempts],
-                "error": [a.error for a in attempts],
-                "retry_in": [a.retry_in for a in attempts],
-            },
-        )
-        return
-    now = await db_now(conn)
     await conn.execute(
-        delivery_attempts.insert(),
-        [
-            {
-                "outbox_id": a.claimed.id,
-                "request_id": a.claimed.request_id,
-                "kind": a.claimed.kind,
-                "attempt": a.claimed.attempt,
-                "target": a.target,
-                "started_at": a.started_at
-                or (now - dt.timedelta(seconds=a.ago) if a.ago is not None else now),
-                "latency_ms": a.latency_ms,
-                "status_code": a.status_code,
-                "result": a.result,
-                "error": a.error,
-            }
-            for a in attempts
-        ],
+        _SETTLE,
+        {
+            "outbox_id": [a.claimed.id for a in attempts],
+            "request_id": [a.claimed.request_id for a in attempts],
+            "kind": [a.claimed.kind for a in attempts],
+            "attempt": [a.claimed.attempt for a in attempts],
+            "target": [a.target for a in attempts],
+            "started_at": [a.started_at for a in attempts],
+            "ago": [a.ago for a in attempts],
+            "latency_ms": [a.latency_ms for a in attempts],
+            "status_code": [a.status_code for a in attempts],
+            "result": [a.result for a in attempts],
+            "error": [a.error for a in attempts],
+            "retry_in": [a.retry_in for a in attempts],
+        },
     )
-    retries, finished = [], []
-    for a in attempts:
-        if a.result == "retry" and a.retry_in is not None:
-            retries.append(
-                {
-                    "b_id": a.claimed.id,
-                    "b_next": now + dt.timedelta(seconds=a.retry_in),
-                    "b_error": a.error,
-                    "b_now": now,
-                }
-            )
-        else:
-            status = "done" if a.result in ("delivered", "skipped") else "failed"
-            finished.append({"b_id": a.claimed.id, "b_status": status, "b_error": a.error, "b_now": now})
-    if retries:
-        await conn.execute(_RETRY, retries)
-    if finished:
-        await conn.execute(_FINISH, finished)
 
 
 async def attempts_for(conn: AsyncConnection, request_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from sqlalchemy import Text, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import append_event
-from approvals.db import db_now, is_postgres
+from approvals.db import db_now
 from approvals.durations import parse_duration
 from approvals.outbox import SLACK_NOTIFY, enqueue
 from approvals.tables import requests
@@ -68,9 +68,8 @@ async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
         .where(requests.c.status == "pending", requests.c.next_reminder_at <= now)
         .order_by(requests.c.next_reminder_at)
         .limit(limit)
+        .with_for_update(skip_locked=True, key_share=True)  # see expire_due_requests
     )
-    if is_postgres(conn):
-        query = query.with_for_update(skip_locked=True, key_share=True)  # see expire_due_requests
     steps = 0
     for row in (await conn.execute(query)).all():
         rule = dict(row.policy_rule or {})

@@ -13,17 +13,16 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.agents import Principal, agent_chain
-from approvals.audit import NewEvent, append_event, canonical_json, chain_rows
+from approvals.audit import NewEvent, append_event, canonical_json
 from approvals.audit_batches import append_to_chains
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres
+from approvals.db import db_now, insert_ignoring_conflict
 from approvals.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
-from approvals.intake_sql import EXPIRES_AT, fill_expiry, insert_new_request
+from approvals.intake_sql import EXPIRES_AT, insert_new_request
 from approvals.keys import new_id
 from approvals.outbox import (
     CALLBACK,
     SLACK_NOTIFY,
     SLACK_UPDATE,
-    TIME_COLUMNS,
     enqueue,
     enqueue_many,
     outbox_row,
@@ -34,7 +33,7 @@ from approvals.policy_versions import ActivePolicies
 from approvals.principals import NotAPrincipal, Requester, parse_requester
 from approvals.reminders import first_reminder
 from approvals.request_views import load_request_view, render_request
-from approvals.tables import audit_events, chain_heads, idempotency_keys, outbox, requests
+from approvals.tables import idempotency_keys, requests
 
 DEFAULT_LIFETIME_SECONDS = 24 * 3600
 _NO_OUTCOME = {
@@ -103,13 +102,11 @@ class KeyInUse:
     """Another transaction holds this Idempotency-Key: read its stored answer after this one ends."""
 
 
-def is_one_statement(
-    dialect: str, principal: Principal, new: NewRequest, idempotency_key: str | None
-) -> bool:
+def is_one_statement(principal: Principal, new: NewRequest, idempotency_key: str | None) -> bool:
     """Whether create_request will write in exactly one statement, which then needs no transaction
-    around it: a new request on PostgreSQL, without an Idempotency-Key (whose claim comes first), for
-    an action the agent may ask for (a refusal is audited in several)."""
-    return dialect == "postgresql" and idempotency_key is None and principal.may_request(new.action)
+    around it: a new request without an Idempotency-Key (whose claim comes first), for an action the
+    agent may ask for (a refusal is audited in several)."""
+    return idempotency_key is None and principal.may_request(new.action)
 
 
 async def create_request(
@@ -126,13 +123,12 @@ async def create_request(
     so the caller commits the audit event before answering.
     """
     assert principal.agent_id is not None
-    postgres = is_postgres(conn)
     # PostgreSQL stamps a new request with its own clock in the one statement that writes it; the
-    # clock is read first only where something else needs the time before that (a key, SQLite).
-    now = await db_now(conn) if idempotency_key is not None or not postgres else None
+    # clock is read first only where something else needs the time before that (a key).
+    now = await db_now(conn) if idempotency_key is not None else None
     payload_sha256 = new.payload_sha256()
     if idempotency_key is not None:
-        # On PostgreSQL this INSERT waits for any concurrent holder of the key to finish.
+        # This INSERT waits for any concurrent holder of the key to finish.
         claimed = await insert_ignoring_conflict(
             conn,
             idempotency_keys,
@@ -244,27 +240,16 @@ async def create_request(
         for kind, key, payload in deliveries
     ]
     reminder = None if final else first_reminder(values["policy_rule"], dt.timedelta(seconds=lifetime))
-    if postgres:
-        stamped = await insert_new_request(
-            conn,
-            request=values,
-            lifetime_seconds=lifetime,
-            final=final,
-            outbox_rows=outbox_rows,
-            events=events,
-            first_reminder=reminder,
-        )
-        created_at, expires_at = stamped.created_at, stamped.expires_at
-    else:
-        assert now is not None
-        created_at, expires_at = now, now + dt.timedelta(seconds=lifetime)
-        times = {
-            "created_at": now,
-            "expires_at": expires_at,
-            "decided_at": now if final else None,
-            "next_reminder_at": None if reminder is None else now + reminder,
-        }
-        await _insert_rows(conn, {**values, **times}, outbox_rows, fill_expiry(events, expires_at))
+    stamped = await insert_new_request(
+        conn,
+        request=values,
+        lifetime_seconds=lifetime,
+        final=final,
+        outbox_rows=outbox_rows,
+        events=events,
+        first_reminder=reminder,
+    )
+    created_at, expires_at = stamped.created_at, stamped.expires_at
     values.update(created_at=created_at, expires_at=expires_at, decided_at=created_at if final else None)
 
     # A brand-new request has no decisions or deliveries: render it without reading it back.
@@ -295,21 +280,6 @@ def _check_resolved(rule: Rule | None, requester: Requester, on_behalf_of: str) 
         "email or user ID",
         "on_behalf_of",
     )
-
-
-async def _insert_rows(
-    conn: AsyncConnection, request: dict[str, Any], outbox_rows: list[dict[str, Any]], events: list[NewEvent]
-) -> None:
-    """Every row of a new request, hashed here, on a backend that has no statement for it all."""
-    now = request["created_at"]
-    event_rows, head = chain_rows(request["id"], events, now)
-    await conn.execute(requests.insert(), request)
-    if outbox_rows:
-        await conn.execute(
-            outbox.insert(), [{**row, **dict.fromkeys(TIME_COLUMNS, now)} for row in outbox_rows]
-        )
-    await conn.execute(audit_events.insert(), event_rows)
-    await conn.execute(chain_heads.insert(), head)
 
 
 async def replay_idempotent(
@@ -501,7 +471,7 @@ async def record_outcome(
 EXPIRED_EVENT = NewEvent("request_expired", "scheduler", {"decided_by": "system"})
 _EXPIRED = {"status": "expired", "decided_by": "system", "reason": "no decision before expiry"}
 
-# PostgreSQL: claim, expire and lock the chain heads of a batch in one statement. The time is the
+# Claim, expire and lock the chain heads of a batch in one statement. The time is the
 # database's, read once for the batch (clock_timestamp() changes from row to row). NO KEY UPDATE:
 # rows being referenced by a concurrent insert (a card, a decision) hold a key-share lock, which a
 # plain FOR UPDATE would skip, and the sweep would miss a due request for a tick. The claim is a
@@ -547,40 +517,16 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
     """Expire pending requests past their deadline, each exactly once, claiming rows other replicas skip.
 
     Set-based: the batch is claimed and expired together, and the audit events and outbox rows of the
-    whole batch are written together (the same rows `finalise` writes for one request). On PostgreSQL
-    that is five statements per batch, whatever its size: claim-expire-lock, the events, the heads,
-    the card updates, the callbacks.
+    whole batch are written together (the same rows `finalise` writes for one request), in five
+    statements per batch whatever its size: claim-expire-lock, the events, the heads, the card
+    updates, the callbacks.
     """
-    if is_postgres(conn):
-        expired = (await conn.execute(_expire_batch(limit), _EXPIRED)).all()
-        if not expired:
-            return []
-        now = expired[0].now
-        heads = {row.id: None if row.seq is None else (row.seq, row.hash) for row in expired}
-        await append_to_chains(
-            conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now, locked_heads=heads
-        )
-    else:
-        now = await db_now(conn)
-        due_query = (
-            select(requests.c.id)
-            .where(requests.c.status == "pending", requests.c.expires_at <= now)
-            .order_by(requests.c.expires_at)
-            .limit(limit)
-        )
-        due = [row.id for row in (await conn.execute(due_query)).all()]
-        if not due:
-            return []
-        # The status condition again: without row locks it is what makes the change happen once.
-        expired = (
-            await conn.execute(
-                update(requests)
-                .where(requests.c.id.in_(due), requests.c.status == "pending")
-                .values(decided_at=now, **_EXPIRED)
-                .returning(requests.c.id, requests.c.callback_url)
-            )
-        ).all()
-        await append_to_chains(conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now)
+    expired = (await conn.execute(_expire_batch(limit), _EXPIRED)).all()
+    if not expired:
+        return []
+    now = expired[0].now
+    heads = {row.id: None if row.seq is None else (row.seq, row.hash) for row in expired}
+    await append_to_chains(conn, {row.id: [EXPIRED_EVENT] for row in expired}, now=now, locked_heads=heads)
     # One statement per kind (card updates, callbacks): within a kind every row has the same payload,
     # which then goes to the database once instead of once per row.
     deliveries: dict[str, list[dict[str, Any]]] = {}

@@ -14,8 +14,8 @@ never rewritten, so each one (and any copy exported before the purge) still reco
 surviving events plus the kept hashes; see approvals/checkpoints.py for what verification checks.
 The purge itself is an event in the `retention` chain.
 
-Every function runs in the caller's transaction and commits nothing. On PostgreSQL a purge holds an
-advisory lock (concurrent purges take turns; verification waits) and deletes audit events under a
+Every function runs in the caller's transaction and commits nothing. A purge holds an advisory
+lock (concurrent purges take turns; verification waits) and deletes audit events under a
 transaction-local `approvals.purge` setting, which the append-only trigger (migration 0005) demands
 together with the event's hash already recorded under the latest purge record.
 """
@@ -42,7 +42,7 @@ from approvals.checkpoints import (
     purge_body,
     purged_event_line,
 )
-from approvals.db import db_now, is_postgres
+from approvals.db import db_now
 from approvals.errors import InvalidInput
 from approvals.tables import (
     audit_events,
@@ -175,9 +175,8 @@ async def purge_batch(
         raise InvalidInput(
             "boundary_too_recent", f"the boundary must be at least {retention_days} days ago", "boundary"
         )
-    if is_postgres(conn):
-        lock = "pg_advisory_xact_lock_shared" if dry_run else "pg_advisory_xact_lock"
-        await conn.execute(text(f"SELECT {lock}(:id)"), {"id": PURGE_LOCK_ID})
+    lock = "pg_advisory_xact_lock_shared" if dry_run else "pg_advisory_xact_lock"
+    await conn.execute(text(f"SELECT {lock}(:id)"), {"id": PURGE_LOCK_ID})
 
     checkpoint = await latest_checkpoint(conn)
     if checkpoint is None:
@@ -194,7 +193,7 @@ async def purge_batch(
     next_after = ids[-1] if ids else None
     if not ids:
         return PurgeBatch(None, int(checkpoint["number"]), 0, 0, {}, [], 0, None)
-    if is_postgres(conn) and not dry_run:
+    if not dry_run:
         # Appends to a chain lock its head row: holding the heads, no event can join these chains
         # between reading them and deleting them.
         await conn.execute(
@@ -219,9 +218,6 @@ async def purge_batch(
         key_id=key_id,
     )
     rows = await _delete_request_rows(conn, chains)
-    # The purge's own event goes in before the events are deleted. SQLite (without AUTOINCREMENT)
-    # gives a new row the largest id plus one: had the purged events been the newest, a later event
-    # would reuse one of their ids inside a checkpoint's range. This event now stays above them all.
     await append_event(
         conn,
         chain_id=RETENTION_CHAIN,
@@ -262,7 +258,7 @@ async def _candidates(
     if after is not None:
         query = query.where(requests.c.id > after)
     query = query.order_by(requests.c.id).limit(limit)
-    if lock and is_postgres(conn):
+    if lock:
         # A click or outcome report on one of these waits for us and then finds no request; one
         # already holding a row is skipped, and that request waits for the next run.
         query = query.with_for_update(of=requests, skip_locked=True)
@@ -372,14 +368,12 @@ async def _delete_chains(
     conn: AsyncConnection, chains: list[str], number: int, *, expected_events: int
 ) -> None:
     """Delete the chains' events under the purge setting, then their heads and the requests."""
-    if is_postgres(conn):
-        # The trigger lets a DELETE through only under this setting, and only for rows whose hash
-        # is recorded under the latest purge record, older than its boundary.
-        await conn.execute(text("SELECT set_config('approvals.purge', :n, true)"), {"n": str(number)})
+    # The trigger lets a DELETE through only under this setting, and only for rows whose hash is
+    # recorded under the latest purge record, older than its boundary.
+    await conn.execute(text("SELECT set_config('approvals.purge', :n, true)"), {"n": str(number)})
     removed = (await conn.execute(delete(audit_events).where(audit_events.c.chain_id.in_(chains)))).rowcount
-    if is_postgres(conn):
-        # Closed again at once: nothing else in this transaction may delete audit events.
-        await conn.execute(text("SELECT set_config('approvals.purge', '', true)"))
+    # Closed again at once: nothing else in this transaction may delete audit events.
+    await conn.execute(text("SELECT set_config('approvals.purge', '', true)"))
     if removed != expected_events:
         # The heads are locked, so this cannot happen; if it ever does, roll the purge back.
         raise RuntimeError(f"purge {number}: deleted {removed} audit events, recorded {expected_events}")

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import append_event
-from approvals.db import db_now, insert_ignoring_conflict, is_postgres, iso_utc
+from approvals.db import db_now, insert_ignoring_conflict, iso_utc
 from approvals.decisions import (
     MEMBERSHIP_NOT_RECORDED,
     Click,
@@ -411,10 +411,7 @@ def _clicker_of(record: dict[str, Any]) -> Clicker:
 
 
 async def _lock_intent(conn: AsyncConnection, where: Any) -> Any:
-    query = select(step_up_intents).where(where)
-    if is_postgres(conn):
-        query = query.with_for_update()
-    return (await conn.execute(query)).first()
+    return (await conn.execute(select(step_up_intents).where(where).with_for_update())).first()
 
 
 async def _intent(conn: AsyncConnection, row: Any, **changes: Any) -> Intent:

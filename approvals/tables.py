@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from approvals.db import UTCDateTime
 
-# Named constraints so Alembic migrations are identical on SQLite and PostgreSQL.
+# Constraint names come from this convention, not from the server, so migrations can name them.
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -30,9 +30,6 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-
-# BigInteger ids autoincrement on PostgreSQL; SQLite needs plain INTEGER for its rowid alias.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 agents = Table(
     "agents",
@@ -66,7 +63,7 @@ api_keys = Table(
 policy_versions = Table(
     "policy_versions",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("sha256", String(64), nullable=False, unique=True),
     Column("content", Text, nullable=False),
     Column("source", Text, nullable=False),
@@ -91,7 +88,7 @@ requests = Table(
     Column("decided_by", String(16)),
     Column("reason", Text),
     Column("policy_name", String(200), nullable=False),
-    Column("policy_version_id", BigId, ForeignKey("policy_versions.id"), nullable=False),
+    Column("policy_version_id", BigInteger, ForeignKey("policy_versions.id"), nullable=False),
     Column("policy_rule", JSON),
     Column("required_approvals", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
@@ -115,14 +112,13 @@ requests = Table(
         "ix_requests_next_reminder_at",
         "next_reminder_at",
         postgresql_where=text("status = 'pending' AND next_reminder_at IS NOT NULL"),
-        sqlite_where=text("status = 'pending' AND next_reminder_at IS NOT NULL"),
     ),
 )
 
 decisions = Table(
     "decisions",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("request_id", String(40), ForeignKey("requests.id"), nullable=False),
     Column("approver_id", String(40), nullable=False),
     Column("decision", String(10), nullable=False),  # approve | reject
@@ -131,7 +127,7 @@ decisions = Table(
     Column("approver_email", String(320)),
     Column("team_id", String(40)),
     Column("action_ts", String(40)),
-    Column("policy_version_id", BigId, ForeignKey("policy_versions.id")),
+    Column("policy_version_id", BigInteger, ForeignKey("policy_versions.id")),
     Column("mfa", JSON),
     Column("created_at", UTCDateTime, nullable=False),
     # The database, not our code, guarantees one decision per approver per request.
@@ -154,7 +150,7 @@ idempotency_keys = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     # A chain per request ("req_..."); events about an agent or the system get their own chains.
     Column("chain_id", String(80), nullable=False),
     Column("seq", Integer, nullable=False),
@@ -170,7 +166,7 @@ audit_events = Table(
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("kind", String(40), nullable=False),
     Column("request_id", String(40)),
     # Unique per logical delivery, so a use case retried after a crash cannot enqueue it twice.
@@ -199,7 +195,7 @@ slack_messages = Table(
     "slack_messages",
     metadata,
     # Every card we posted for a request, so each can be updated when the request changes.
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("request_id", String(40), ForeignKey("requests.id"), nullable=False),
     Column("destination", String(40), nullable=False),  # the channel or user id we posted to
     Column("channel", String(40), nullable=False),  # the conversation Slack put it in
@@ -213,7 +209,7 @@ slack_clicks = Table(
     "slack_clicks",
     metadata,
     # The inbox: a click is stored before Slack gets its ack, then decided; a crash loses nothing.
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("dedupe_key", String(200), nullable=False, unique=True),
     Column("request_id", String(40), nullable=False),
     Column("payload", JSON, nullable=False),
@@ -230,8 +226,8 @@ delivery_attempts = Table(
     "delivery_attempts",
     metadata,
     # One row per try of an outbox delivery: what an operator (and an auditor) sees of retries.
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("outbox_id", BigId, nullable=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("outbox_id", BigInteger, nullable=False),
     Column("request_id", String(40)),
     Column("kind", String(40), nullable=False),
     Column("attempt", Integer, nullable=False),
@@ -250,10 +246,10 @@ audit_checkpoints = Table(
     # Signed summaries of the whole log: deleting entire chains (head rows included) breaks them.
     Column("number", Integer, primary_key=True, autoincrement=False),
     Column("created_at", UTCDateTime, nullable=False),
-    Column("first_event_id", BigId, nullable=False),  # exclusive: the previous checkpoint's last id
-    Column("last_event_id", BigId, nullable=False),
-    Column("event_count", BigId, nullable=False),  # events covered by this checkpoint alone
-    Column("total_events", BigId, nullable=False),  # events covered by this and all earlier checkpoints
+    Column("first_event_id", BigInteger, nullable=False),  # exclusive: the previous checkpoint's last id
+    Column("last_event_id", BigInteger, nullable=False),
+    Column("event_count", BigInteger, nullable=False),  # events covered by this checkpoint alone
+    Column("total_events", BigInteger, nullable=False),  # events covered by this and all earlier checkpoints
     Column("running_hash", String(64), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", Text, nullable=False),
@@ -317,9 +313,9 @@ audit_purges = Table(
     Column("boundary", UTCDateTime, nullable=False),  # every purged event is older than this
     Column("retention_days", Integer, nullable=False),
     Column("checkpoint_number", Integer, nullable=False),  # the signed checkpoint covering them all
-    Column("last_event_id", BigId, nullable=False),  # that checkpoint's last event id
+    Column("last_event_id", BigInteger, nullable=False),  # that checkpoint's last event id
     Column("chain_count", Integer, nullable=False),
-    Column("event_count", BigId, nullable=False),
+    Column("event_count", BigInteger, nullable=False),
     Column("digest", String(64), nullable=False),  # SHA-256 over the purged events' lines, id order
     Column("key_id", String(64), nullable=False),
     Column("signature", Text, nullable=False),
@@ -330,7 +326,7 @@ audit_purged_events = Table(
     metadata,
     # What is left of a purged event: its place and its hash (not its content), enough for the
     # checkpoint that covered it to be recomputed and for an auditor to see exactly what went.
-    Column("event_id", BigId, primary_key=True, autoincrement=False),
+    Column("event_id", BigInteger, primary_key=True, autoincrement=False),
     Column("purge_number", Integer, ForeignKey("audit_purges.number"), nullable=False),
     Column("chain_id", String(80), nullable=False),
     Column("seq", Integer, nullable=False),

@@ -1,13 +1,19 @@
-"""Test fixtures: real databases (SQLite file and PostgreSQL) built by Alembic, and the real HTTP app."""
+"""Test fixtures: real PostgreSQL databases built by Alembic, and the real HTTP app.
+
+The server is the one at APPROVALS_TEST_POSTGRES_URL (default: 127.0.0.1:5432) when it answers;
+otherwise, unless CI requires that one (APPROVALS_TEST_REQUIRE_POSTGRES=1), the embedded server the
+product itself runs, started once for every worker of the run in a directory of the system's temp dir.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.bootstrap import Container, build_container
 from app.config import Settings
 from app.database import build_engine
+from app.embedded_postgres import embedded_database_url
 from app.migrate import upgrade_to_head
 from app.tasks import drain_background_tasks
 from app.web import build_app
@@ -32,11 +39,11 @@ from approvals.policies import parse_policies
 from approvals.tables import audit_events
 from tests.receiver import Receiver
 
-POSTGRES_SERVER_URL = os.environ.get(
+SYSTEM_POSTGRES_URL = os.environ.get(
     "APPROVALS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
-BACKENDS = [b.strip() for b in os.environ.get("APPROVALS_TEST_BACKENDS", "sqlite,postgresql").split(",")]
+EMBEDDED_TEST_SERVER = Path(tempfile.gettempdir()) / "approvals-test-postgres" / "data"
 
 TEST_CHECKPOINT_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31: a test-only key
 TEST_POLICIES = """
@@ -74,16 +81,28 @@ policies:
 """
 
 
-def _admin_dsn() -> str:
-    return make_url(POSTGRES_SERVER_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _postgres_available() -> bool:
+@functools.cache
+def postgres_server_url() -> str:
+    """The server the tests use (its `postgres` database): the system's, else the embedded one."""
     try:
-        with psycopg.connect(_admin_dsn(), connect_timeout=3):
-            return True
+        with psycopg.connect(_plain(SYSTEM_POSTGRES_URL), connect_timeout=3):
+            return SYSTEM_POSTGRES_URL
     except psycopg.Error:
-        return False
+        if REQUIRE_POSTGRES:
+            pytest.fail(
+                f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {SYSTEM_POSTGRES_URL} does not answer"
+            )
+    embedded = embedded_database_url(EMBEDDED_TEST_SERVER)
+    return make_url(embedded).set(database="postgres").render_as_string(hide_password=False)
+
+
+def _plain(url: str) -> str:
+    """A URL for psycopg itself (no SQLAlchemy driver name)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _admin_dsn() -> str:
+    return _plain(postgres_server_url())
 
 
 @pytest.fixture(scope="session")
@@ -94,40 +113,14 @@ def worker_name(request: pytest.FixtureRequest) -> str:
     return f"{worker}_{run}"
 
 
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite file per worker; each test gets a copy."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    engine = build_engine(f"sqlite:///{path}")
-
-    async def migrate() -> None:
-        await upgrade_to_head(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
-    return path
-
-
-def require_postgres() -> None:
-    """Skip without a server, unless CI said PostgreSQL is required: then fail."""
-    if _postgres_available():
-        return
-    if REQUIRE_POSTGRES:
-        pytest.fail(
-            f"PostgreSQL is required (APPROVALS_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER_URL} does not answer"
-        )
-    pytest.skip("PostgreSQL is not reachable")
-
-
 @contextlib.contextmanager
 def fresh_postgres(name: str) -> Iterator[str]:
     """An empty database of that name (dropped first, dropped again after); yields its URL."""
-    require_postgres()
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(postgres_server_url()).set(database=name).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -161,16 +154,11 @@ def _clear_postgres(url: str) -> None:
         conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
 
 
-@pytest.fixture(params=[b for b in ("sqlite", "postgresql") if b in BACKENDS])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend in turn."""
-    if request.param == "sqlite":
-        path = tmp_path / "approvals.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    _clear_postgres(url)
-    return url
+@pytest.fixture
+def database_url(postgres_database: str) -> str:
+    """This worker's migrated database, emptied."""
+    _clear_postgres(postgres_database)
+    return postgres_database
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -301,7 +289,7 @@ async def run_cli(
     database_url: str, *args: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, without blocking the event loop the service under test runs on
-    (a blocking run would deadlock SQLite against the service's open transaction)."""
+    (a blocking run would stall the service while the CLI waits for a lock the service holds)."""
     env = {
         **os.environ,
         "APPROVALS_DATABASE_URL": database_url,

@@ -1,5 +1,6 @@
 """`approvals serve --sandbox` as a newcomer runs it: a real subprocess on a free port, with the example
-policies.yml (MFA required for offer letters), an SQLite file of its own, and its stdout kept."""
+policies.yml (MFA required for offer letters), the embedded PostgreSQL server in a directory of its own,
+and its stdout kept."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def start_sandbox(*args: str, env: dict[str, str] | None = None) -> SandboxServi
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-"))
     port = free_port()
     environment = clean_environment() | {
-        "APPROVALS_DATABASE_URL": f"sqlite:///{workdir / 'approvals.db'}",
+        # As `make run` does: the embedded server (here with its data in this run's directory).
+        "APPROVALS_EMBEDDED_DATABASE_DIR": str(workdir / "postgres"),
         "APPROVALS_PORT": str(port),
         "APPROVALS_POLICIES": str(ROOT / "policies.yml"),
         "APPROVALS_CHECKPOINT_KEY_FILE": str(workdir / "checkpoint.key"),

@@ -125,7 +125,7 @@ async def test_revoke_stops_every_key_at_once(database_url: str) -> None:
 def test_policies_check_accepts_the_example_and_judges_actions(tmp_path: Path) -> None:
     result = run(
         ["policies", "check", "policies.yml", "--action", "delete_repo", "--action", "nope", "--json"],
-        f"sqlite:///{tmp_path}/x.db",
+        "postgresql://postgres@127.0.0.1:1/unused",
     )
     report = json.loads(result.stdout)
     assert report["valid"] is True
@@ -136,7 +136,7 @@ def test_policies_check_accepts_the_example_and_judges_actions(tmp_path: Path) -
 def test_policies_check_names_file_line_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("default: deny\npolicies:\n  - action: x\n    decision: maybe\n")
-    result = run(["policies", "check", str(bad)], f"sqlite:///{tmp_path}/x.db", check=False)
+    result = run(["policies", "check", str(bad)], "postgresql://postgres@127.0.0.1:1/unused", check=False)
     assert result.returncode == 1
     assert result.stderr.startswith(f"{bad}:4: policies[0].decision:")
     assert "Traceback" not in result.stderr
@@ -149,8 +149,9 @@ def test_policies_check_names_file_line_and_field(tmp_path: Path) -> None:
         ({"APPROVALS_PORT": "70000"}, "APPROVALS_PORT:"),
         (
             {"APPROVALS_DATABASE_URL": "mysql://x"},
-            "APPROVALS_DATABASE_URL: must be a sqlite:/// or postgresql://",
+            "APPROVALS_DATABASE_URL: must be a postgresql:// URL",
         ),
+        ({"APPROVALS_DATABASE_URL": "sqlite:///var/approvals.db"}, "SQLite is not supported"),
         ({"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_SIGNING_SECRET: required"),
         ({"APPROVALS_RETENTION_DAYS": "30"}, "APPROVALS_RETENTION_DAYS:"),
         ({"APPROVALS_PUBLIC_URL": "example.com"}, "APPROVALS_PUBLIC_URL: must start with http"),
@@ -159,7 +160,7 @@ def test_policies_check_names_file_line_and_field(tmp_path: Path) -> None:
 def test_a_bad_setting_stops_with_exit_2_and_one_line_naming_it(
     tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
-    env = {"APPROVALS_DATABASE_URL": f"sqlite:///{tmp_path}/x.db", **env}
+    env = {"APPROVALS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused", **env}
     result = subprocess.run(
         [*APPROVALS, "serve"], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
     )

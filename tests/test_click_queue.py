@@ -26,8 +26,6 @@ from tests.slack_helpers import SlackApi, block_actions, slack_service
 
 @pytest.fixture
 async def slack(database_url: str) -> AsyncIterator[SlackApi]:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("holds decisions back with a row lock, which SQLite's single writer cannot take aside")
     async for api in slack_service(database_url):
         yield api
 

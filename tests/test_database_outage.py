@@ -58,7 +58,6 @@ from app.sandbox.slack_api import TEAM_ID, SandboxSlack
 from approvals.agents import add_agent
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import (
-    BACKENDS,
     FINAL_KINDS,
     REQUIRE_POSTGRES,
     TEST_CHECKPOINT_KEY,
@@ -94,8 +93,6 @@ SWEEPS = {"expire_requests", "dispatch_outbox", "stranded_clicks"}
 @pytest.fixture
 def cluster() -> Iterator[PgCluster]:
     """A PostgreSQL server of this test's own, running; removed after."""
-    if "postgresql" not in BACKENDS:
-        pytest.skip("APPROVALS_TEST_BACKENDS leaves PostgreSQL out")
     reason = missing_tools()
     if reason is not None:
         if REQUIRE_POSTGRES:

@@ -74,8 +74,6 @@ TIMES = [
 
 @pytest.mark.parametrize("when", TIMES, ids=str)
 async def test_the_databases_time_texts_are_pythons(api: Api, when: dt.datetime) -> None:
-    if api.container.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL writes these texts only there")
     # In a session whose time zone is not UTC, so that nothing depends on the server's setting.
     async with api.container.engine.begin() as conn:
         await conn.execute(text("SET LOCAL TIME ZONE 'America/Los_Angeles'"))
@@ -150,8 +148,7 @@ async def test_a_request_without_a_key_is_one_autocommit_statement_and_nothing_e
     """No BEGIN, no clock, no COMMIT: the statement is its own transaction. With a key, or for an
     action the agent may not ask for, the transactional path writes instead."""
     single = api.container.single_statements
-    if single is None:
-        pytest.skip("PostgreSQL only: SQLite writes a request in several statements, in a transaction")
+    assert single is not None
     assert (await api.post("/v1/requests", offer())).status == 201  # the key is now cached
     statements: dict[str, list[str]] = {"single": [], "interactive": []}
 

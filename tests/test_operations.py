@@ -33,11 +33,9 @@ async def test_readyz_reports_an_outdated_schema(api: Api) -> None:
 
 async def test_readyz_reports_an_unreachable_database(api: Api, tmp_path: Path) -> None:
     original = api.container.engine
-    # A directory cannot be opened as a SQLite file; nothing listens on port 1.
-    broken = f"sqlite:///{tmp_path}" if original.dialect.name == "sqlite" else original.url.set(port=1)
-    api.container.engine = build_engine(
-        str(broken) if isinstance(broken, str) else broken.render_as_string(hide_password=False)
-    )
+    # Nothing listens on port 1.
+    broken = original.url.set(host="127.0.0.1", port=1, query={})
+    api.container.engine = build_engine(broken.render_as_string(hide_password=False))
     try:
         ready = await api.session.get(api.url("/readyz"))
         assert ready.status == 503

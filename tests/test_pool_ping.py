@@ -29,8 +29,6 @@ async def _pid_of_pooled_connection(engine: object) -> int:
 async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no server to lose")
     monkeypatch.setattr(app.database, "PING_IDLE_SECONDS", 0.0)  # every checkout counts as idle
     engine = build_engine(database_url, pool_size=1, max_overflow=0)
     try:
@@ -45,8 +43,6 @@ async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(
 async def test_a_connection_just_used_is_not_pinged(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no server to lose")
     monkeypatch.setattr(app.database, "PING_IDLE_SECONDS", 3600.0)
     engine = build_engine(database_url, pool_size=1, max_overflow=0)
     try:

@@ -1,5 +1,5 @@
-"""The README's "Try the API" block works when pasted: run as written, in bash, on a free port and a
-database of its own (the only substitutions), with `make run` starting the service."""
+"""The README's "Try the API" block works when pasted: run as written, in bash, on a free port and an
+embedded database of its own (the only substitutions), with `make run` starting the service."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_the_readme_starts_with_the_two_commands_and_the_walkthrough() -> None:
 
 def test_the_try_the_api_commands_work_as_pasted() -> None:
     port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="readme-sandbox-"))  # the sandbox wants a database of its own
+    workdir = Path(tempfile.mkdtemp(prefix="readme-"))
     block = try_the_api_block()
     assert "localhost:8080" in block and "make run" in block
     script = (
@@ -54,7 +54,7 @@ def test_the_try_the_api_commands_work_as_pasted() -> None:
     )
     env = clean_environment() | {
         "APPROVALS_PORT": str(port),
-        "APPROVALS_DATABASE_URL": f"sqlite:///{workdir / 'approvals.db'}",
+        "APPROVALS_EMBEDDED_DATABASE_DIR": str(workdir / "postgres"),
         "APPROVALS_CHECKPOINT_KEY_FILE": str(workdir / "checkpoint.key"),
     }
     proc = subprocess.Popen(

@@ -2,7 +2,7 @@
 
 `on_behalf_of` must be an email address or a Slack user ID; an email is normalised (NFKC, case, +tag)
 and resolved to a Slack user at intake (users.lookupByEmail on the fake Slack, over HTTP), and the
-self-approval check compares identities. Every test runs on SQLite and PostgreSQL.
+self-approval check compares identities.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The attack: delete the newest checkpoints, every event after the last one left, 
 heads back to the surviving events. Chains and checkpoints alone then verify; what gives it away is
 the rest of the service's state (request rows, decisions, outcomes, which no event covers any more)
 and the time: checkpoints are written every interval even when nothing happens (heartbeats), so a
-missing stretch shows as a gap. Everything here runs on SQLite and PostgreSQL, through the real CLI
-or the real domain functions, tampering as a superuser would (append-only triggers off).
+missing stretch shows as a gap. Everything here runs through the real CLI or the real domain
+functions, tampering as a superuser would (append-only triggers off).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ RETENTION_DAYS = 400
 
 
 async def _superuser(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "postgresql":  # bypass the append-only triggers, as a superuser could
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    # bypass the append-only triggers, as a superuser could
+    await conn.execute(text("SET LOCAL session_replication_role = replica"))
 
 
 async def _verify(database_url: str, *flags: str) -> tuple[int, dict[str, Any]]:
@@ -466,8 +466,6 @@ async def test_an_untouched_log_with_every_kind_of_request_and_a_purge_verifies_
 
 
 async def test_postgres_refuses_delete_update_and_truncate_of_checkpoints(api: Api) -> None:
-    if api.container.engine.dialect.name != "postgresql":
-        pytest.skip("the append-only trigger is a PostgreSQL feature")
     assert await _checkpoint(api) is not None
     for statement in (
         "DELETE FROM audit_checkpoints",

@@ -108,7 +108,7 @@ def test_the_first_screen_says_where_everything_is(sandbox: SandboxService) -> N
     out = sandbox.stdout()
     assert f"Sandbox (open in a browser):  {sandbox.base}/sandbox" in out
     assert f"API:                          {sandbox.base}/v1/requests" in out
-    assert "Data:                         sqlite" in out
+    assert "Data:                         embedded PostgreSQL server, its data in " in out
     assert "approvals demo request" in out
     logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     warning = next(line for line in logged if line["event"] == "sandbox_mode")
@@ -364,7 +364,7 @@ def test_the_sandbox_never_starts_beside_a_real_slack_or_idp_or_off_loopback() -
 
     base = clean_environment() | {
         "APPROVALS_PORT": str(free_port()),
-        "APPROVALS_DATABASE_URL": "sqlite:////nonexistent/sandbox-never-opened.db",
+        "APPROVALS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/sandbox_never_opened",
         "APPROVALS_POLICIES": str(ROOT / "policies.yml"),
     }
     cases = [
@@ -372,7 +372,10 @@ def test_the_sandbox_never_starts_beside_a_real_slack_or_idp_or_off_loopback() -
         ({"APPROVALS_OIDC_ISSUER": "https://idp.example.com", "APPROVALS_OIDC_CLIENT_ID": "c"}, "its own"),
         ({"APPROVALS_HOST": "0.0.0.0"}, "--sandbox-remote"),
         ({"APPROVALS_PUBLIC_URL": "https://approvals.example.com"}, "--sandbox-remote"),
-        ({"APPROVALS_DATABASE_URL": "sqlite:////srv/approvals/production.db"}, "a database of its own"),
+        (
+            {"APPROVALS_DATABASE_URL": "postgresql://approvals@db.example.com/approvals"},
+            "a database of its own",
+        ),
     ]
     for extra, words in cases:
         result = run_cli("serve", "--sandbox", env=base | extra)

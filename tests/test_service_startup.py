@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fresh_postgres, head_revision
+from tests.conftest import clean_environment, fresh_postgres, head_revision
 
 APPROVALS = [sys.executable, "-m", "app.cli"]
 
@@ -92,23 +93,77 @@ def test_migrate_then_serve_starts_and_is_ready(empty_postgres: str) -> None:
     assert '"event": "stopping"' in out
 
 
-def test_the_embedded_default_migrates_itself_on_first_start(tmp_path: Path) -> None:
+def _embedded_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """No APPROVALS_DATABASE_URL: the embedded server, its data under tmp_path."""
+    return clean_environment() | {
+        "APPROVALS_PORT": str(port),
+        "APPROVALS_POLICIES": "tests/data/policies.yml",
+        "APPROVALS_EMBEDDED_DATABASE_DIR": str(tmp_path / "var" / "postgres"),
+        "APPROVALS_CHECKPOINT_KEY_FILE": str(tmp_path / "var" / "checkpoint.key"),
+    }
+
+
+def _postmaster_running(data: Path) -> bool:
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_embedded_default_starts_migrates_and_stops_with_the_service(tmp_path: Path) -> None:
     port = free_port()
-    database = tmp_path / "var" / "approvals.db"
+    env = _embedded_env(tmp_path, port)
+    data = Path(env["APPROVALS_EMBEDDED_DATABASE_DIR"])
     proc = subprocess.Popen(
-        [*APPROVALS, "serve"],
-        env=_env(f"sqlite:///{database}", port),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert wait_ready(port, proc) == 200
+        assert _postmaster_running(data)
+        # The CLI joins the running server (and leaves it running when it exits).
+        listed = subprocess.run(
+            [*APPROVALS, "agents", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == []
+        assert _postmaster_running(data)
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=20)
-    assert database.exists()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
     assert '"event": "database_migrated"' in out
+    assert (data / "PG_VERSION").exists()
+    assert not _postmaster_running(data)  # the last process using it stopped it
+
+
+def test_the_embedded_server_comes_back_after_a_kill_9(tmp_path: Path) -> None:
+    port = free_port()
+    env = _embedded_env(tmp_path, port)
+    data = Path(env["APPROVALS_EMBEDDED_DATABASE_DIR"])
+    first = subprocess.Popen(
+        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert wait_ready(port, first) == 200
+    finally:
+        first.kill()  # SIGKILL: no clean-up runs, its pid stays in the server's user list
+        first.communicate(timeout=30)
+    second = subprocess.Popen(
+        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert wait_ready(port, second) == 200
+    finally:
+        second.terminate()
+        out, _ = second.communicate(timeout=30)
+    assert second.returncode == 0, out
+    assert '"event": "embedded_database_stale_pids"' in out
+    # Only the second start's own pid was left: its clean exit stopped the server.
+    assert not _postmaster_running(data)
 
 
 def test_a_broken_policy_file_stops_serve_naming_the_line(tmp_path: Path) -> None:
@@ -119,7 +174,7 @@ def test_a_broken_policy_file_stops_serve_naming_the_line(tmp_path: Path) -> Non
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(f"sqlite:///{tmp_path}/a.db", free_port(), APPROVALS_POLICIES=str(bad)),
+        env=_env("postgresql://postgres@127.0.0.1:1/unused", free_port(), APPROVALS_POLICIES=str(bad)),
     )
     assert result.returncode == 2
     assert f"{bad}:5: policies[0].colour" in result.stderr
@@ -137,7 +192,7 @@ def test_mfa_without_an_identity_provider_stops_serve_naming_the_policy(tmp_path
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(f"sqlite:///{tmp_path}/a.db", free_port(), APPROVALS_POLICIES=str(policy)),
+        env=_env("postgresql://postgres@127.0.0.1:1/unused", free_port(), APPROVALS_POLICIES=str(policy)),
     )
     assert result.returncode == 2
     assert "policy 'pay'" in result.stderr

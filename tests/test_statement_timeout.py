@@ -23,8 +23,6 @@ BOUND_SECONDS = 1.0
 
 @pytest.fixture
 async def bounded_api(database_url: str) -> AsyncIterator[Api]:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no statement timeout")
     # One pooled connection: the bounded and unbounded views below then share it for certain.
     container, server = await start_service(
         database_url, statement_timeout_seconds=BOUND_SECONDS, database_pool_size=1, database_max_overflow=0

@@ -33,8 +33,8 @@ AUDIT_CHANNEL = "C0AUDIT"
 
 
 async def _superuser(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "postgresql":  # switch the append-only triggers off, as a superuser could
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    # switch the append-only triggers off, as a superuser could
+    await conn.execute(text("SET LOCAL session_replication_role = replica"))
 
 
 async def _request(api: Api) -> str:

@@ -16,7 +16,6 @@ from app.delivery.webhooks import PinnedSessions, deliver, next_retry_delay
 from app.dispatcher import Settlement
 from app.metrics import Metrics
 from app.ssrf import CallbackAllowList
-from approvals.db import is_postgres
 from approvals.outbox import CALLBACK, Claimed
 from approvals.request_views import DECISION_VIEW_COLUMNS, VIEW_COLUMNS, render_request
 from approvals.tables import agents, decisions, delivery_attempts, requests
@@ -81,17 +80,14 @@ class CallbackDelivery:
             return {}
         ids = sorted(request_ids)
         async with self._reads, self._engine.connect() as conn:
-            # PostgreSQL: one array parameter, so the statement has one shape whatever the batch size
-            # (an expanded IN list is rendered anew for every count).
-            postgres = is_postgres(conn)
-            request_in = requests.c.id == any_(_IDS) if postgres else requests.c.id.in_(ids)
-            decision_in = (
-                decisions.c.request_id == any_(_IDS) if postgres else decisions.c.request_id.in_(ids)
-            )
-            params = {"ids": ids} if postgres else {}
-            rows = await conn.execute(_REQUEST_AND_SECRET.where(request_in), params)
+            # One array parameter, so the statement has one shape whatever the batch size (an expanded
+            # IN list is rendered anew for every count).
+            params = {"ids": ids}
+            rows = await conn.execute(_REQUEST_AND_SECRET.where(requests.c.id == any_(_IDS)), params)
             by_request: dict[str, tuple[Any, list[Any]]] = {row.id: (row, []) for row in rows}
-            for decision in await conn.execute(_DECISIONS.where(decision_in), params):
+            for decision in await conn.execute(
+                _DECISIONS.where(decisions.c.request_id == any_(_IDS)), params
+            ):
                 by_request[decision.request_id][1].append(decision)
         return by_request
 

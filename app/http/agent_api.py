@@ -88,7 +88,7 @@ async def post_request(request: web.Request) -> web.Response:
         if requester is None:  # after the replay check: a replayed answer needs no Slack
             requester = await _resolve_requester(container, principal, new)
             new = new.with_requester(requester)
-        one = is_one_statement(container.interactive.dialect.name, principal, new, key)
+        one = is_one_statement(principal, new, key)
         async with connection_for(
             container.interactive, container.single_statements, one_statement=one
         ) as conn:

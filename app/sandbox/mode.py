@@ -105,13 +105,13 @@ def prepare(settings: Settings, *, allow_remote: bool = False) -> tuple[Settings
                     f"{host}: use 127.0.0.1, or pass --sandbox-remote to let anyone who can reach it act as "
                     "any sandbox user"
                 )
-    # Made-up decisions never land in a real audit log: the sandbox runs on the embedded default (the
+    # Made-up decisions never land in a real audit log: the sandbox runs on the embedded server (the
     # local database `make run` and the CLI share), or on a database named for it.
-    if "database_url" in settings.model_fields_set and "sandbox" not in (
+    if settings.database_url is not None and "sandbox" not in (
         make_url(settings.database_url).database or ""
     ):
         raise SandboxRefused(
-            "the sandbox records made-up decisions, so it only runs on the default local database or on a "
+            "the sandbox records made-up decisions, so it only runs on the embedded local database or on a "
             "database of its own: unset APPROVALS_DATABASE_URL, or give it one whose name contains 'sandbox'"
         )
     signing_secret = secrets.token_hex(16)

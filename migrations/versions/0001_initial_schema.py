@@ -43,9 +43,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit_events",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("chain_id", sa.String(length=80), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=60), nullable=False),
@@ -80,9 +78,7 @@ def upgrade() -> None:
 
     op.create_table(
         "outbox",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("kind", sa.String(length=40), nullable=False),
         sa.Column("request_id", sa.String(length=40), nullable=True),
         sa.Column("dedupe_key", sa.String(length=200), nullable=False),
@@ -101,9 +97,7 @@ def upgrade() -> None:
 
     op.create_table(
         "policy_versions",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("content", sa.Text(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
@@ -143,7 +137,7 @@ def upgrade() -> None:
         sa.Column("decided_by", sa.String(length=16), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("policy_name", sa.String(length=200), nullable=False),
-        sa.Column("policy_version_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("policy_version_id", sa.BigInteger(), nullable=False),
         sa.Column("policy_rule", sa.JSON(), nullable=True),
         sa.Column("required_approvals", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -168,9 +162,7 @@ def upgrade() -> None:
 
     op.create_table(
         "decisions",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("request_id", sa.String(length=40), nullable=False),
         sa.Column("approver_id", sa.String(length=40), nullable=False),
         sa.Column("decision", sa.String(length=10), nullable=False),
@@ -179,7 +171,7 @@ def upgrade() -> None:
         sa.Column("approver_email", sa.String(length=320), nullable=True),
         sa.Column("team_id", sa.String(length=40), nullable=True),
         sa.Column("action_ts", sa.String(length=40), nullable=True),
-        sa.Column("policy_version_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("policy_version_id", sa.BigInteger(), nullable=True),
         sa.Column("mfa", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -195,24 +187,22 @@ def upgrade() -> None:
     )
     # ### end Alembic commands ###
 
-    if op.get_bind().dialect.name == "postgresql":
-        # The audit log is append-only: even the service's own role cannot rewrite history.
-        op.execute(APPEND_ONLY_FUNCTION)
-        op.execute(
-            "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
-            "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
-        )
-        op.execute(
-            "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
-            "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
-        )
+    # The audit log is append-only: even the service's own role cannot rewrite history.
+    op.execute(APPEND_ONLY_FUNCTION)
+    op.execute(
+        "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
+        "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
+    )
+    op.execute(
+        "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
+    )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events")
-        op.execute("DROP TRIGGER IF EXISTS audit_events_append_only ON audit_events")
-        op.execute("DROP FUNCTION IF EXISTS audit_events_append_only()")
+    op.execute("DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events")
+    op.execute("DROP TRIGGER IF EXISTS audit_events_append_only ON audit_events")
+    op.execute("DROP FUNCTION IF EXISTS audit_events_append_only()")
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_table("decisions")
     with op.batch_alter_table("requests", schema=None) as batch_op:

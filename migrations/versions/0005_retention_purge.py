@@ -23,7 +23,7 @@ branch_labels = None
 depends_on = None
 
 UTC_TIME = sa.DateTime(timezone=True)
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BIG_ID = sa.BigInteger()
 
 PURGE_AWARE_FUNCTION = """
 CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -108,28 +108,26 @@ def upgrade() -> None:
     op.create_index("ix_outbox_request_id", "outbox", ["request_id"])
     op.create_index("ix_slack_clicks_request_id", "slack_clicks", ["request_id"])
 
-    if op.get_bind().dialect.name == "postgresql":
-        # The existing triggers call this function by name: replacing it is enough.
-        op.execute(PURGE_AWARE_FUNCTION)
-        op.execute(PURGE_TABLES_FUNCTION)
-        for table in PURGE_TABLES:
-            op.execute(
-                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION audit_purges_append_only()"
-            )
-            op.execute(
-                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION audit_purges_append_only()"
-            )
+    # The existing triggers call this function by name: replacing it is enough.
+    op.execute(PURGE_AWARE_FUNCTION)
+    op.execute(PURGE_TABLES_FUNCTION)
+    for table in PURGE_TABLES:
+        op.execute(
+            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION audit_purges_append_only()"
+        )
+        op.execute(
+            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION audit_purges_append_only()"
+        )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for table in PURGE_TABLES:
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
-        op.execute("DROP FUNCTION IF EXISTS audit_purges_append_only()")
-        op.execute(ORIGINAL_FUNCTION)
+    for table in PURGE_TABLES:
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
+    op.execute("DROP FUNCTION IF EXISTS audit_purges_append_only()")
+    op.execute(ORIGINAL_FUNCTION)
     op.drop_index("ix_slack_clicks_request_id", table_name="slack_clicks")
     op.drop_index("ix_outbox_request_id", table_name="outbox")
     op.drop_index("ix_audit_purged_events_purge_number", table_name="audit_purged_events")

@@ -15,7 +15,6 @@ each on to its next point.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +37,6 @@ def upgrade() -> None:
         ["next_reminder_at"],
         unique=False,
         postgresql_where=sa.text(PENDING_WITH_ONE),
-        sqlite_where=sa.text(PENDING_WITH_ONE),
     )
     bind = op.get_bind()
     pending = bind.execute(sa.text("SELECT id, policy_rule FROM requests WHERE status = 'pending'"))
@@ -53,13 +51,9 @@ def upgrade() -> None:
 
 
 def _has_reminders(rule: Any) -> bool:
-    if isinstance(rule, str):  # SQLite hands JSON back as text here
-        rule = json.loads(rule)
     return bool(isinstance(rule, dict) and rule.get("remind_at"))
 
 
 def downgrade() -> None:
     op.drop_index("ix_requests_next_reminder_at", table_name="requests")
-    # In place, not a batch copy: copying `requests` on SQLite drops the table other rows refer to,
-    # which fails once a card or a click refers to a request.
     op.drop_column("requests", "next_reminder_at")

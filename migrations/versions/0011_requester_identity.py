@@ -23,10 +23,6 @@ branch_labels = None
 depends_on = None
 
 
-# Plain ALTER TABLE, not batch mode: SQLite (3.35 and later) adds and drops such columns in place,
-# while a batch copy of `requests` would have to drop the table that other tables' rows refer to.
-
-
 def upgrade() -> None:
     op.add_column("requests", sa.Column("requester_email", sa.String(length=320), nullable=True))
     op.add_column("requests", sa.Column("requester_slack_id", sa.String(length=40), nullable=True))

@@ -23,7 +23,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Plain ALTER TABLE: SQLite (3.35 and later) adds and drops a plain column in place.
     op.add_column("slack_clicks", sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True))
 
 
