@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sys
 
 import structlog
 from aiohttp import web
@@ -87,6 +88,10 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
             database=container.engine.url.render_as_string(hide_password=True),
             policies=str(settings.policies),
             policy_version=container.policies.version,
+            # What this replica is wired to, in one line an operator can compare across replicas.
+            slack="sandbox" if local is not None else _slack_mode(settings),
+            mfa_issuer=settings.oidc_issuer if container.oidc is not None else None,
+            embedded_database=settings.database_url is None,
         )
         print_banner(settings, container, local)
         async with contextlib.AsyncExitStack() as stack:
@@ -108,8 +113,14 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
         await container.dispose()
 
 
+def _slack_mode(settings: Settings) -> str:
+    if not settings.slack_enabled:
+        return "off"
+    return "socket" if settings.slack_app_token else "http"
+
+
 def print_banner(settings: Settings, container: Container, sandbox: Sandbox | None) -> None:
-    """The first screen: where to go, where the data is, what to try next (stdout, once)."""
+    """The first screen: where to go, where the data is, what to try next (once, for a person)."""
     base = settings.public_url.rstrip("/")
     database = (
         f"embedded PostgreSQL server, its data in {settings.embedded_database_dir}/"
@@ -135,4 +146,5 @@ def print_banner(settings: Settings, container: Container, sandbox: Sandbox | No
     elif container.slack is None:
         lines += ["", "  Slack is not configured: run `make run` with no Slack tokens to try the sandbox,"]
         lines += ["  or see the README (Slack: Install the app) to connect a workspace."]
-    print("\n".join([*lines, ""]), flush=True)
+    # On stderr: stdout is the log stream, every line of it JSON for the log shipper.
+    print("\n".join([*lines, ""]), file=sys.stderr, flush=True)

@@ -113,6 +113,24 @@ def test_the_first_screen_says_where_everything_is(sandbox: SandboxService) -> N
     logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     warning = next(line for line in logged if line["event"] == "sandbox_mode")
     assert "not Slack" in warning["note"] and warning["level"] == "warning"
+    listening = next(line for line in logged if line["event"] == "listening")
+    assert listening["slack"] == "sandbox" and listening["embedded_database"] is True
+    assert listening["mfa_issuer"] == f"{sandbox.base}/sandbox/idp"
+    # Every line that is not the banner (a person's, on stderr) is JSON, the libraries' included.
+    banner = {
+        "Approvals is running.",
+        "Sandbox mode:",
+        "Sandbox (open",
+        "API:",
+        "Health:",
+        "Data:",
+        "Keys:",
+        "Next:",
+        "or run",
+    }
+    for line in out.splitlines():
+        if line.strip() and not any(line.strip().startswith(b) for b in banner):
+            json.loads(line)
     # Made-up secrets are never logged.
     assert "xoxb-sandbox" not in out
 
