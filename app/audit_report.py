@@ -185,9 +185,16 @@ def _counts(data: ReportData) -> str:
     status_rows = [
         (_e(s), f'<span id="status-{_e(s)}">{data.by_status[s]}</span>') for s in statuses if s in STATUSES
     ] + [(_e(s), str(data.by_status[s])) for s in statuses if s not in STATUSES]
+    # A request nobody has decided yet has no decider: it is counted apart, not as one.
     decider_rows = [
-        (_e(d), f'<span id="decider-{_e(d)}">{n}</span>') for d, n in sorted(data.by_decider.items())
+        (_e(d), f'<span id="decider-{_e(d)}">{n}</span>')
+        for d, n in sorted(data.by_decider.items())
+        if d != "pending"
     ]
+    if data.by_decider.get("pending"):
+        decider_rows.append(
+            ("<i>not decided yet</i>", f'<span id="undecided">{data.by_decider["pending"]}</span>')
+        )
     outcome_rows = [(_e(o), f'<span id="outcome-{_e(o)}">{n}</span>') for o, n in data.by_outcome.items()]
     policy_rows = [
         (
@@ -258,7 +265,7 @@ def _decision_times(times: DecisionTimes) -> str:
             f'{_chart(times)}<p>Median <b id="decision-median">{_duration(times.median_seconds)}</b>, '
             f'90th percentile <b id="decision-p90">{_duration(times.p90_seconds)}</b>, '
             f'longest <b id="decision-max">{_duration(times.max_seconds)}</b> '
-            f'over <span id="decision-count">{times.count}</span> requests decided by people.</p>'
+            f'over <span id="decision-count">{times.count}</span> {_plural(times.count, "request")} decided by people.</p>'
         )
     else:
         body = '<p class="muted" id="decision-count">No request in this period was decided by a person.</p>'
@@ -462,6 +469,30 @@ def _timeline(chain: dict[str, Any]) -> str:
     )
 
 
+def _plural(number: int, noun: str) -> str:
+    return noun if number == 1 else f"{noun}s"
+
+
+def count(number: int, noun: str) -> str:
+    """ "1 request", "8 requests"."""
+    return f"{number} {_plural(number, noun)}"
+
+
+def _ordinal(number: int) -> str:
+    """2nd, 3rd, 11th, 21st, 1000th."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number:,}{suffix}"
+
+
+def _approvals_asked(chain: dict[str, Any]) -> str:
+    """What the policy asked of people: a request the policy decided itself asked nobody."""
+    final = chain.get("final") or {}
+    if final.get("decided_by") == "policy":
+        return "decided by the policy, no approval asked"
+    required = int(chain["policy"].get("required_approvals") or 0)
+    return f"{required} {_plural(required, 'approval')} required"
+
+
 def _chain(chain: dict[str, Any]) -> str:
     request, agent, policy, final = chain["request"], chain["agent"], chain["policy"], chain["final"]
     outcome = chain["outcome"]
@@ -475,7 +506,7 @@ def _chain(chain: dict[str, Any]) -> str:
             "policy",
             f"<code>{_e(policy['name'])}</code>, version {_e(policy['version'])}, "
             f'<span class="hash">sha256 {_e((policy["sha256"] or "")[:16])}…</span>, '
-            f"{_e(policy['required_approvals'])} approval(s) required",
+            + _approvals_asked(chain),
         ),
         ("created", _when(request["created_at"])),
         ("expires", _when(request["expires_at"])),
@@ -526,11 +557,13 @@ def _chain(chain: dict[str, Any]) -> str:
 def _sample(data: ReportData) -> str:
     if not data.sample:
         return '<section id="sample"><h2>Sample chains</h2><p class="muted">No requests in this period.</p></section>'
-    step = (
-        "every request"
-        if data.population <= data.sample_size
-        else f"every {data.population / data.sample_size:.1f}th request in creation order"
-    )
+    ratio = data.population / data.sample_size
+    if data.population <= data.sample_size:
+        step = "every request"
+    elif ratio.is_integer():
+        step = f"every {_ordinal(int(ratio))} request in creation order"
+    else:
+        step = f"about one request in {ratio:.1f}, in creation order"
     return (
         f'<section id="sample"><h2>Sample chains</h2><p class="muted">'
         f'<span id="sample-count">{len(data.sample)}</span> of {data.population} chains ({_e(step)}), '

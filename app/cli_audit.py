@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.audit_report import render_report
+from app.audit_report import count, render_report
 from app.chain_formats import (
     CSV_COLUMNS,
     FORMATS,
@@ -457,7 +457,8 @@ def audit_report(
         fail(f"error: cannot write {out}: {exc.strerror}", 1)
     verification = data.verification
     click.echo(
-        f"report written to {out}: {data.population} requests, {len(data.sample)} sample chains; "
+        f"report written to {out}: {count(data.population, 'request')}, "
+        f"{count(len(data.sample), 'sample chain')}; "
         f"verification {verification.summary}"
     )
     if not verification.ok:

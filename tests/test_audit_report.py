@@ -239,7 +239,7 @@ async def test_the_report_shows_the_periods_figures(
     ids = await seed(api)
     out, result = await report(api, database_url, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "8 requests" in result.stdout and "verification OK" in result.stdout
+    assert "8 requests, 8 sample chains" in result.stdout and "verification OK" in result.stdout
     dom = Dom.of(await dump_dom(chromium, out, tmp_path / "profile"))
 
     assert dom.text("verification-status") == "OK"
@@ -253,6 +253,8 @@ async def test_the_report_shows_the_periods_figures(
     }
     assert statuses == {"pending": "2", "approved": "2", "rejected": "2", "expired": "1", "cancelled": "1"}
     assert dom.text("decider-human") == "2" and dom.text("decider-policy") == "2"
+    # Undecided requests are counted apart: "pending" is no decider.
+    assert dom.text("undecided") == "2" and "decider-pending" not in {e.attrs.get("id") for e in dom.elements}
     assert dom.text("outcome-succeeded") == "1"
     assert dom.text("policy-total-send_offer_letter") == "5"  # slow, rejected, expired, cancelled, hostile
 
@@ -285,6 +287,9 @@ async def test_the_report_shows_the_periods_figures(
     chain = dom.by_id(f"chain-{ids['slow']}")
     assert [e.text for e in dom.with_class("chain-title") if e.text == "Offer for A. Slow"]
     assert "decision_recorded" in chain.text and "Cora Coo" in chain.text
+    assert "1 approval required" in chain.text and "approval(s)" not in out.read_text()
+    # What the policy allowed by itself asked nobody.
+    assert "decided by the policy, no approval asked" in dom.by_id(f"chain-{ids['allowed']}").text
     assert "sub=coo-7731" in chain.text  # the MFA evidence of the decision
     kinds = ["request_created", "policy_evaluated", "decision_recorded", "request_approved"]
     positions = [chain.text.find(kind) for kind in kinds]
@@ -391,7 +396,8 @@ async def test_sample_is_spread_over_the_period_and_deterministic(api: Api) -> N
     assert [c["id"] for c in first.sample] == [ordered[0], ordered[2], ordered[5]]  # i * 8 // 3
     assert [c["id"] for c in second.sample] == [c["id"] for c in first.sample]
     assert first.population == 8
-    assert "every 2.7th request" in render_report(first)
+    assert "about one request in 2.7, in creation order" in render_report(first)
+    assert "every 2nd request in creation order" in render_report(await gather(4))
 
 
 @pytest.mark.parametrize(
