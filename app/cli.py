@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "migrate": ("app.cli_service", "migrate", "Bring the database schema up to date."),
     "policies": ("app.cli_policies", "policies", "Check policy files."),
     "agents": ("app.cli_agents", "agents", "Register and manage agents and their keys."),
+    "requests": ("app.cli_requests", "requests", "List, show and cancel approval requests."),
     "audit": ("app.cli_audit", "audit", "Verify the audit log and export approval chains."),
     "keys": ("app.cli_audit", "keys", "API keys for people and tools other than agents."),
     "retention": ("app.cli_retention", "retention", "Retention of approval records and their audit trail."),

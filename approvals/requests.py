@@ -398,6 +398,51 @@ async def cancel_request(conn: AsyncConnection, *, principal: Principal, request
     return view
 
 
+MAX_OPERATOR_REASON = 500
+
+
+async def cancel_as_operator(
+    conn: AsyncConnection, *, request_id: str, operator: str, reason: str
+) -> dict[str, Any]:
+    """An operator withdraws a pending request (`approvals requests cancel`), saying why: the card and
+    the agent are told, as for any final state, and the audit event names the operator."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("missing_reason", "say why the request is cancelled (--reason)", "reason")
+    if len(reason) > MAX_OPERATOR_REASON:
+        raise InvalidInput(
+            "reason_too_long", f"keep the reason under {MAX_OPERATOR_REASON} characters", "reason"
+        )
+    current = (await conn.execute(select(requests.c.status).where(requests.c.id == request_id))).first()
+    if current is None:
+        raise NotFound("request_not_found", f"no request {request_id!r}", "id")
+    now = await db_now(conn)
+    result = await conn.execute(
+        update(requests)
+        .where(requests.c.id == request_id, requests.c.status == "pending")
+        .values(
+            status="cancelled",
+            decided_by="system",
+            decided_at=now,
+            reason=f"cancelled by an operator: {reason}",
+        )
+    )
+    if result.rowcount != 1:  # decided meanwhile, or long ago: say what it is now
+        status = (await conn.execute(select(requests.c.status).where(requests.c.id == request_id))).scalar()
+        raise Conflict("not_pending", f"request is already {status}", "status")
+    await finalise(
+        conn,
+        request_id=request_id,
+        status="cancelled",
+        actor=f"operator:{operator}",
+        now=now,
+        data={"decided_by": "system", "reason": reason},
+    )
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    return view
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # succeeded | failed
