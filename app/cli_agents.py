@@ -21,8 +21,14 @@ def agents() -> None:
 @click.option("--owner", required=True, help="Email of the person accountable for the agent.")
 @click.option("--actions", required=True, help="Comma-separated action names or globs it may request.")
 @click.option("--purpose", default="", help="What the agent is for.")
-@click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--risk",
+    type=click.Choice(["low", "medium", "high"]),
+    default="medium",
+    show_default=True,
+    help="How much harm its actions could do (shown to approvers and in the audit log).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def agents_add(
     name: str, owner: str, actions: str, purpose: str, risk: agent_cases.Risk, as_json: bool
 ) -> None:
@@ -45,7 +51,7 @@ def agents_add(
 
 
 @agents.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def agents_list(as_json: bool) -> None:
     """List agents, their allowed actions and active key prefixes."""
     rows = in_transaction(agent_cases.list_agents)
@@ -66,7 +72,7 @@ def agents_list(as_json: bool) -> None:
     type=click.IntRange(0, 30 * 24 * 3600),
     help="Seconds the old key keeps working.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def agents_rotate(name: str, grace: int, as_json: bool) -> None:
     """Issue a new key; the old one keeps working for the grace period."""
 
@@ -83,7 +89,7 @@ def agents_rotate(name: str, grace: int, as_json: bool) -> None:
 
 @agents.command("revoke")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def agents_revoke(name: str, as_json: bool) -> None:
     """Revoke an agent and all its keys at once."""
 

@@ -100,7 +100,7 @@ def _key() -> CheckpointKey:
     metavar="CHANNEL",
     help="A Slack channel (ID) checkpoints were posted to, read with SLACK_BOT_TOKEN. Repeatable.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def audit_verify(
     exported_file: Path | None,
     in_process: bool,
@@ -252,7 +252,7 @@ def _newest(verdict: LogVerdict) -> dict[str, Any] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the latest checkpoint here, to keep outside the database.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def audit_checkpoint(export_file: Path | None, as_json: bool) -> None:
     """Sign everything appended so far into a new checkpoint (a heartbeat if nothing is new); optionally export it.
 
@@ -298,15 +298,30 @@ FILTERS = ("agent", "policy", "action", "approver", "status", "outcome")
 
 
 @audit.command("export")
-@click.option("--agent")
-@click.option("--policy")
-@click.option("--action")
+@click.option("--agent", help="Only this agent's requests (its name).")
+@click.option("--policy", help="Only requests judged by this policy (its name).")
+@click.option("--action", help="Only requests for this action.")
 @click.option("--approver", help="Slack user id or email of an approver.")
-@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "expired", "cancelled"]))
-@click.option("--outcome", type=click.Choice(["succeeded", "failed", "none"]))
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "rejected", "expired", "cancelled"]),
+    help="Only requests in this state.",
+)
+@click.option(
+    "--outcome",
+    type=click.Choice(["succeeded", "failed", "none"]),
+    help="Only requests whose agent reported this outcome (none: no outcome reported).",
+)
 @click.option("--from", "created_from", help="ISO 8601 date or date-time (inclusive).")
 @click.option("--to", "created_to", help="ISO 8601 date or date-time (exclusive).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="json: one document; jsonl: one chain per line; csv: one row per chain.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 def audit_export(
     created_from: str | None, created_to: str | None, fmt: str, out: Path | None, **filters: Any
@@ -389,7 +404,7 @@ def audit_export(
 )
 @click.option("--from", "created_from", help="ISO 8601 date or date-time (inclusive).")
 @click.option("--to", "created_to", help="ISO 8601 date or date-time (exclusive).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def audit_events(
     kinds: tuple[str, ...], created_from: str | None, created_to: str | None, as_json: bool
 ) -> None:
@@ -423,9 +438,11 @@ def _report_time(value: str | None, option: str) -> dt.datetime:
 
 
 @audit.command("report")
-@click.option("--from", "created_from", help="Date (YYYY-MM-DD) or ISO 8601 date-time, inclusive.")
-@click.option("--to", "created_to", help="Date (YYYY-MM-DD) or ISO 8601 date-time, exclusive.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="The HTML file to write.")
+@click.option("--from", "created_from", help="[required] Date (YYYY-MM-DD) or ISO 8601 date-time, inclusive.")
+@click.option("--to", "created_to", help="[required] Date (YYYY-MM-DD) or ISO 8601 date-time, exclusive.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="[required] The HTML file to write."
+)
 @click.option(
     "--sample",
     "sample_size",
@@ -472,8 +489,13 @@ def keys() -> None:
 
 @keys.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["auditor"]), required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--role",
+    type=click.Choice(["auditor"]),
+    required=True,
+    help="What the key may do (auditor: read compliance).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def keys_add(name: str, role: str, as_json: bool) -> None:
     """Create a key (shown once); auditor keys read the compliance API and nothing else."""
 

@@ -18,7 +18,7 @@ def identities() -> None:
 
 
 @identities.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def identities_list(as_json: bool) -> None:
     """Every linked Slack user: IdP issuer, subject, email, and when the link was made."""
 
@@ -35,7 +35,7 @@ def identities_list(as_json: bool) -> None:
 
 @identities.command("unlink")
 @click.argument("slack_user_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def identities_unlink(slack_user_id: str, as_json: bool) -> None:
     """Remove a link (audited); the user's next step-up links again by verified email."""
 

@@ -67,7 +67,7 @@ def policies_check(file: str | None, actions: tuple[str, ...], as_json: bool) ->
 
 
 @policies.command("versions")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def policies_versions(as_json: bool) -> None:
     """Every policy content the service has loaded: version, hash, source, who loaded it and when."""
     rows = in_transaction(policy_history)

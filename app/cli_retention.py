@@ -41,7 +41,7 @@ def retention() -> None:
     type=click.IntRange(1, 10_000),
     help="Requests per transaction (each batch gets its own signed purge record).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def retention_purge(dry_run: bool, batch: int, as_json: bool) -> None:
     """Remove final requests, with their records and audit chains, older than APPROVALS_RETENTION_DAYS.
 

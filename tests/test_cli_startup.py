@@ -55,3 +55,27 @@ def test_an_unknown_command_is_refused_in_one_line() -> None:
     result = CliRunner().invoke(main, ["serv"])
     assert result.exit_code == 2
     assert "No such command 'serv'" in result.output
+
+
+def _commands(command: click.Command, path: list[str]) -> list[tuple[str, click.Command]]:
+    found = [(" ".join(path), command)]
+    if isinstance(command, click.Group):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None
+            found += _commands(sub, [*path, name])
+    return found
+
+
+def test_every_command_and_option_says_what_it_is_for() -> None:
+    undocumented = [
+        f"{path} {param.opts[0]}"
+        for path, command in _commands(main, ["approvals"])
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+    ]
+    assert undocumented == []
+    assert [
+        path for path, command in _commands(main, ["approvals"]) if not (command.help or "").strip()
+    ] == []
