@@ -376,23 +376,17 @@ async def _owned_status(conn: AsyncConnection, principal: Principal, request_id:
 async def cancel_request(conn: AsyncConnection, *, principal: Principal, request_id: str) -> dict[str, Any]:
     """Withdraw a pending request; only one final state ever wins (a conditional UPDATE decides)."""
     await _owned_status(conn, principal, request_id)
-    now = await db_now(conn)
-    result = await conn.execute(
-        update(requests)
-        .where(requests.c.id == request_id, requests.c.status == "pending")
-        .values(status="cancelled", decided_by="agent", decided_at=now, reason="cancelled by the agent")
+    withdrawn = await _withdraw(
+        conn,
+        request_id,
+        decided_by="agent",
+        reason="cancelled by the agent",
+        actor=f"agent:{principal.agent_name}",
+        event_data={"decided_by": "agent"},
     )
-    if result.rowcount != 1:
+    if not withdrawn:
         current = await _owned_status(conn, principal, request_id)
         raise Conflict("not_pending", f"request is already {current.status}", "status")
-    await finalise(
-        conn,
-        request_id=request_id,
-        status="cancelled",
-        actor=f"agent:{principal.agent_name}",
-        now=now,
-        data={"decided_by": "agent"},
-    )
     view = await load_request_view(conn, request_id)
     assert view is not None
     return view
@@ -413,34 +407,45 @@ async def cancel_as_operator(
         raise InvalidInput(
             "reason_too_long", f"keep the reason under {MAX_OPERATOR_REASON} characters", "reason"
         )
-    current = (await conn.execute(select(requests.c.status).where(requests.c.id == request_id))).first()
-    if current is None:
+    status = select(requests.c.status).where(requests.c.id == request_id)
+    if (await conn.execute(status)).first() is None:
         raise NotFound("request_not_found", f"no request {request_id!r}", "id")
+    withdrawn = await _withdraw(
+        conn,
+        request_id,
+        decided_by="system",
+        reason=f"cancelled by an operator: {reason}",
+        actor=f"operator:{operator}",
+        event_data={"decided_by": "system", "reason": reason},
+    )
+    if not withdrawn:  # decided meanwhile, or long ago: say what it is now
+        raise Conflict("not_pending", f"request is already {(await conn.execute(status)).scalar()}", "status")
+    view = await load_request_view(conn, request_id)
+    assert view is not None
+    return view
+
+
+async def _withdraw(
+    conn: AsyncConnection,
+    request_id: str,
+    *,
+    decided_by: str,
+    reason: str,
+    actor: str,
+    event_data: dict[str, Any],
+) -> bool:
+    """Cancel a request if it is still pending, with the event and deliveries every final state owes;
+    False when it was not pending (a conditional UPDATE decides, so only one final state ever wins)."""
     now = await db_now(conn)
     result = await conn.execute(
         update(requests)
         .where(requests.c.id == request_id, requests.c.status == "pending")
-        .values(
-            status="cancelled",
-            decided_by="system",
-            decided_at=now,
-            reason=f"cancelled by an operator: {reason}",
-        )
+        .values(status="cancelled", decided_by=decided_by, decided_at=now, reason=reason)
     )
-    if result.rowcount != 1:  # decided meanwhile, or long ago: say what it is now
-        status = (await conn.execute(select(requests.c.status).where(requests.c.id == request_id))).scalar()
-        raise Conflict("not_pending", f"request is already {status}", "status")
-    await finalise(
-        conn,
-        request_id=request_id,
-        status="cancelled",
-        actor=f"operator:{operator}",
-        now=now,
-        data={"decided_by": "system", "reason": reason},
-    )
-    view = await load_request_view(conn, request_id)
-    assert view is not None
-    return view
+    if result.rowcount != 1:
+        return False
+    await finalise(conn, request_id=request_id, status="cancelled", actor=actor, now=now, data=event_data)
+    return True
 
 
 @dataclass(frozen=True)
