@@ -145,6 +145,6 @@ def print_banner(settings: Settings, container: Container, sandbox: Sandbox | No
         lines += ["        or run `.venv/bin/approvals demo request` in another terminal."]
     elif container.slack is None:
         lines += ["", "  Slack is not configured: run `make run` with no Slack tokens to try the sandbox,"]
-        lines += ["  or see the README (Slack: Install the app) to connect a workspace."]
+        lines += ["  or see docs/slack-setup.md to connect a workspace."]
     # On stderr: stdout is the log stream, every line of it JSON for the log shipper.
     print("\n".join([*lines, ""]), file=sys.stderr, flush=True)
