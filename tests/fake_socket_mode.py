@@ -79,7 +79,7 @@ class FakeSlackWithSocket(SandboxSlack):
                     self._acked.notify_all()
         return ws
 
-    async def wait_connections(self, count: int, timeout: float = 10) -> None:
+    async def wait_connections(self, count: int, timeout: float = 30) -> None:
         async def enough() -> None:
             async with self._connected:
                 await self._connected.wait_for(
@@ -88,7 +88,7 @@ class FakeSlackWithSocket(SandboxSlack):
 
         await asyncio.wait_for(enough(), timeout)
 
-    async def send(self, kind: str, payload: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    async def send(self, kind: str, payload: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         """Push one envelope on the newest socket and wait for the app's ack."""
         envelope_id = f"env-{next(self._ids)}"
         await self.sockets[-1].send_json(

@@ -48,7 +48,7 @@ class Receiver:
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status, text="ok")
 
-    async def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
+    async def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
         async def enough() -> None:
             async with self._arrived:
                 await self._arrived.wait_for(lambda: len(self.received) >= count)

@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import app.slack.clicks as clicks_module
 from app.slack.clicks import DECIDING_AT_ONCE
 from tests.conftest import offer
+from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service
 
 
@@ -59,14 +59,13 @@ def _working_tasks() -> int:
     return sum(1 for t in asyncio.all_tasks() if t.get_coro().__qualname__ != "RequestHandler.start")
 
 
-async def _tasks_settle(expected: int, timeout: float = 5) -> int:
-    """The number of working tasks once it is no more than `expected`, or after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        count = _working_tasks()
-        if count <= expected or asyncio.get_running_loop().time() > deadline:
-            return count
-        await asyncio.sleep(0.02)
+async def _tasks_settle(expected: int) -> None:
+    """Wait until no more than `expected` tasks are working."""
+
+    async def settled() -> bool:
+        return _working_tasks() <= expected
+
+    await eventually(settled, what=f"no more than {expected} working tasks")
 
 
 async def test_a_backlog_waits_as_ids_for_a_few_workers_and_each_click_is_decided_once(
@@ -79,7 +78,7 @@ async def test_a_backlog_waits_as_ids_for_a_few_workers_and_each_click_is_decide
         await blocker.execute(text("SELECT id FROM requests FOR UPDATE"))  # every decision waits on this
         await _click_all(slack, ids)  # acknowledged: stored, not decided
         # Only the workers are left waiting, however many clicks are.
-        assert await _tasks_settle(before + DECIDING_AT_ONCE) <= before + DECIDING_AT_ONCE
+        await _tasks_settle(before + DECIDING_AT_ONCE)
         for request_id in ids:
             assert (await (await slack.get(f"/v1/requests/{request_id}")).json())["status"] == "pending"
         await blocker.rollback()
@@ -105,21 +104,22 @@ async def test_clicks_beyond_the_queue_wait_in_the_inbox_for_the_sweep(
         await blocker.rollback()
     # The two queued are decided; the four that did not fit are still stored, undecided.
     async with slack.container.engine.connect() as conn:
-        for _ in range(200):
-            decided = await _count(conn, DECISIONS)
-            if decided == 2 and not processor._queued:
-                break
-            await asyncio.sleep(0.05)
+
+        async def queued_ones_decided() -> bool:
+            return await _count(conn, DECISIONS) == 2 and not processor._queued
+
+        await eventually(queued_ones_decided, what="the two queued clicks to be decided")
+        decided = await _count(conn, DECISIONS)
         pending = await _count(conn, UNDECIDED)
     assert (decided, pending) == (2, 4)
+
     # The sweep queues them (two at a time fit) until every one is decided.
-    for _ in range(200):
+    async def swept() -> bool:
         await processor.process_stranded()
         async with slack.container.engine.connect() as conn:
-            pending = await _count(conn, UNDECIDED)
-        if pending == 0:
-            break
-        await asyncio.sleep(0.05)
+            return await _count(conn, UNDECIDED) == 0
+
+    await eventually(swept, what="the sweep to decide every stored click")
     for request_id in ids:
         assert (await slack.final(request_id))["status"] == "approved"
 
@@ -156,10 +156,11 @@ async def test_a_click_submitted_as_the_workers_stop_still_gets_a_worker(
         processor.submit(click_id)
     await asyncio.sleep(0)  # every worker runs, drains the queue and stops, in this one loop turn
     processor.submit(99)
-    for _ in range(100):
-        if 99 in decided:
-            break
-        await asyncio.sleep(0.01)
+
+    async def late_click_decided() -> bool:
+        return 99 in decided
+
+    await eventually(late_click_decided, what="the click submitted as the workers stopped to be decided")
     assert decided == [*range(1, DECIDING_AT_ONCE + 1), 99]
 
 
@@ -168,13 +169,12 @@ async def test_a_click_for_a_request_that_does_not_exist_leaves_the_inbox(any_sl
     answer = await any_slack.slack(block_actions(missing, "approve_request", user="U01COO"))
     assert answer.status == 200
     async with any_slack.container.engine.connect() as conn:
-        # A poll with a deadline generous enough for a loaded 2-core host (4 s was not, once).
-        deadline = time.monotonic() + 20
-        while True:
+
+        async def click_done() -> str | None:
             status = (await conn.execute(text("SELECT status FROM slack_clicks"))).scalar()
-            if status == "done" or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
             await conn.rollback()
+            return status if status == "done" else None
+
+        status = await eventually(click_done, what="the click for a missing request to leave the inbox")
         decided = await _count(conn, DECISIONS)
     assert (status, decided) == ("done", 0)

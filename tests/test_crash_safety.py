@@ -21,10 +21,10 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -40,24 +40,13 @@ from approvals.agents import add_agent
 from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import _clear_postgres, clean_environment, offer, stop_process
+from tests.eventually import eventually
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 from tests.test_service_startup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
 KILLED = -signal.SIGKILL
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], *, what: str, timeout: float = 20) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not (value := await probe()):
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what} within {timeout:g} s") from None
-    return value
 
 
 async def select_rows(engine: AsyncEngine, table: Any, *where: Any) -> list[Any]:
@@ -185,7 +174,7 @@ class Crash:
             except aiohttp.ClientError:
                 return False
 
-        await eventually(ready, what="serve did not become ready", timeout=30)
+        await eventually(ready, what="serve to become ready")
 
     async def died_at(self, service: Service, failpoint: str) -> None:
         """The service died of SIGKILL, at that failpoint."""
@@ -193,7 +182,7 @@ class Crash:
         async def exited() -> bool:
             return service.proc.poll() is not None
 
-        await eventually(exited, what=f"serve did not reach failpoint {failpoint}", timeout=20)
+        await eventually(exited, what=f"serve to die at failpoint {failpoint}")
         assert service.proc.returncode == KILLED, service.stderr.read_text()
         assert f"failpoint {failpoint}" in service.stderr.read_text().splitlines()
 
@@ -203,7 +192,7 @@ class Crash:
         async def exited() -> bool:
             return service.proc.poll() is not None
 
-        await eventually(exited, what="serve survived SIGKILL", timeout=10)
+        await eventually(exited, what="serve to exit after SIGKILL")
         assert service.proc.returncode == KILLED
 
     async def create(self, service: Service, key: str, body: dict[str, Any]) -> str:
@@ -263,7 +252,7 @@ async def test_a_card_not_yet_posted_when_the_process_dies_is_posted_exactly_onc
     assert (row.status, row.attempts) == ("pending", 1)  # leased by the dead process, never settled
 
     await crash.start()
-    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the card was not posted")
+    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the card to be posted")
     [post] = fake.succeeded("chat.postMessage")
     assert post.params["channel"] == "C0HIRING"
     assert post.params["metadata"] == {
@@ -302,7 +291,7 @@ async def test_a_card_posted_just_before_the_process_died_is_not_posted_again(
     assert await crash.rows(slack_messages, slack_messages.c.request_id == request_id) == []  # ...we don't
 
     await crash.start()
-    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the posts were not settled")
+    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the posts to be settled")
     assert len(fake.succeeded("chat.postMessage")) == len(channels)
     messages = await crash.rows(slack_messages, slack_messages.c.request_id == request_id)
     assert {m.destination: m.channel for m in messages} == channels
@@ -329,7 +318,7 @@ async def test_a_callback_cut_off_by_the_crash_is_delivered_again_with_the_same_
         async def first_delivery() -> bool:
             return len(hook.received) >= 1
 
-        await eventually(first_delivery, what="no callback arrived")
+        await eventually(first_delivery, what="a callback to arrive")
         if failpoint is None:
             await crash.kill(first)  # while the receiver has not answered yet
             hook.release.set()
@@ -343,8 +332,8 @@ async def test_a_callback_cut_off_by_the_crash_is_delivered_again_with_the_same_
         async def second_delivery() -> bool:
             return len(hook.received) >= 2
 
-        await eventually(second_delivery, what="the callback was not delivered again")
-        await eventually(lambda: crash.all_done(request_id, CALLBACK), what="the callback was not settled")
+        await eventually(second_delivery, what="the callback to be delivered again")
+        await eventually(lambda: crash.all_done(request_id, CALLBACK), what="the callback to be settled")
     finally:
         await hook.stop()
     assert len(hook.received) == 2
@@ -373,7 +362,7 @@ async def test_an_acknowledged_click_is_decided_after_the_process_dies(crash: Cr
     first = await crash.start(failpoint="after_click_ack")
     request_id = await crash.create(first, key, offer())
     [post] = await fake.wait_for_calls("chat.postMessage", 1, timeout=10)
-    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the card was not recorded")
+    await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the card to be recorded")
     [card] = fake.messages_in("C0HIRING")
     body = urlencode(
         {
@@ -401,7 +390,7 @@ async def test_an_acknowledged_click_is_decided_after_the_process_dies(crash: Cr
         [row] = await crash.rows(requests, requests.c.id == request_id)
         return bool(row.status != "pending")
 
-    await eventually(decided, what="the stranded click was never decided")
+    await eventually(decided, what="the stranded click to be decided")
     view = await crash.view(second, key, request_id)
     assert (view["status"], view["decided_by"]) == ("approved", "human")
     [decision] = view["decisions"]

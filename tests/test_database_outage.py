@@ -65,10 +65,11 @@ from tests.conftest import (
     clean_environment,
     stop_process,
 )
+from tests.eventually import eventually
 from tests.pg_cluster import ClusterError, PgCluster, missing_tools
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
-from tests.test_crash_safety import ROOT, SERVE, eventually
+from tests.test_crash_safety import ROOT, SERVE
 from tests.test_service_startup import free_port
 
 APPROVER = "U01COO"
@@ -175,7 +176,7 @@ class Outage:
         }
         with (self.logs / "serve.log").open("wb") as out:
             self.proc = subprocess.Popen(SERVE, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        await eventually(lambda: self.ready(200), what="serve did not become ready", timeout=30)
+        await eventually(lambda: self.ready(200), what="serve to become ready")
 
     def service_log(self) -> str:
         return (self.logs / "serve.log").read_text(errors="replace")
@@ -287,7 +288,7 @@ class Outage:
                     raise AssertionError(f"traffic failed: {task.exception()!r}") from task.exception()
             return len(self.traffic.created) >= target
 
-        await eventually(enough, what=f"{count} more requests were not created", timeout=30)
+        await eventually(enough, what=f"{count} more requests to be created")
 
     async def scalar(self, query: Any) -> Any:
         async with self.engine.connect() as conn:
@@ -354,7 +355,7 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
         log_mark = len(outage.service_log())
         await asyncio.to_thread(outage.cluster.stop, "immediate")
         went_down = time.monotonic()
-        await eventually(lambda: outage.ready(503), what="/readyz never reported the outage", timeout=15)
+        await eventually(lambda: outage.ready(503), what="/readyz to report the outage")
 
         def failed_sweeps() -> set[str]:
             return failed_jobs(outage.service_log()[log_mark:])
@@ -364,7 +365,7 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
             return failed_sweeps() >= SWEEPS and refused["agent"] >= 3 and refused["approver"] >= 2
 
         try:
-            await eventually(everyone_refused, what="traffic and sweeps did not meet the outage", timeout=20)
+            await eventually(everyone_refused, what="traffic and sweeps to meet the outage")
         except AssertionError as exc:
             raise AssertionError(
                 f"{exc}: refused {traffic.refused_during_outage}, {failed_sweeps()}"
@@ -372,7 +373,7 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
         assert await outage.ready(503)  # still down, and /readyz still says so
         await asyncio.to_thread(outage.cluster.start)  # crash recovery: the WAL is replayed
         back_up = time.monotonic()
-        await eventually(lambda: outage.ready(200), what="the service did not recover", timeout=30)
+        await eventually(lambda: outage.ready(200), what="the service to recover")
         down_for, ready_after = back_up - went_down, time.monotonic() - back_up
         traffic.outage = False
         await outage.created_more(PER_PHASE)
@@ -395,14 +396,14 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
         )
         return bool(pending == 0 and undelivered == 0)
 
-    await eventually(settled, what="requests or deliveries were still pending", timeout=60)
+    await eventually(settled, what="every request and delivery to settle", timeout=60)
     created = traffic.created
 
     async def called_back() -> bool:
         ids = {json.loads(hit.body)["data"]["id"] for hit in outage.receiver.received}
         return ids >= set(created)
 
-    await eventually(called_back, what="some callbacks never arrived", timeout=30)
+    await eventually(called_back, what="a callback for every request")
 
     # Agents were told 201 or 503 database_unavailable (and retried with the same key), never a 500 or
     # silence; Slack got the ack or Bolt's 500 when the click could not be stored before it.
@@ -488,4 +489,4 @@ async def test_readyz_reports_a_database_that_hangs_instead_of_refusing(outage: 
     finally:
         outage.cluster.thaw(frozen)
     assert answers == [(503, "not answering")] * 2
-    await eventually(lambda: outage.ready(200), what="the service did not recover after the thaw", timeout=30)
+    await eventually(lambda: outage.ready(200), what="the service to recover after the thaw")

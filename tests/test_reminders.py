@@ -16,6 +16,7 @@ from app.scheduler import reminders_job
 from approvals.reminders import schedule_missing_reminders, send_due_reminders
 from approvals.tables import audit_events, requests
 from tests.conftest import offer
+from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service
 
 
@@ -70,11 +71,12 @@ async def test_reminders_go_once_to_approvers_who_have_not_acted(slack: SlackApi
     assert slack.fake is not None
     await slack.fake.wait_for_calls("chat.postMessage", 1)  # the card in C0LEGAL
     await slack.slack(block_actions(created["id"], "approve_request", user="U01COO", channel="C0LEGAL"))
-    view = await (await slack.get(f"/v1/requests/{created['id']}")).json()
-    for _ in range(50):
-        if view["decisions"]:
-            break
-        view = await (await slack.get(f"/v1/requests/{created['id']}?wait=1")).json()
+
+    async def decided() -> dict[str, Any] | None:
+        view = await (await slack.get(f"/v1/requests/{created['id']}")).json()
+        return view if view["decisions"] else None
+
+    view = await eventually(decided, what="the click to be recorded as a decision")
     assert len(view["decisions"]) == 1
     await slack.container.dispatcher.run_until_idle()
     await _age(slack, created["id"], 0.30)  # past the 25% point only

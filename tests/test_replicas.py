@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -25,6 +24,7 @@ from approvals.agents import add_agent
 from approvals.audit import verify_all
 from approvals.tables import audit_events, requests, slack_messages
 from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, final_events_per_chain, fresh_postgres, offer
+from tests.eventually import eventually
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
 from tests.test_service_startup import free_port
@@ -37,14 +37,6 @@ REQUESTS = 1000
 def replica_database(worker_name: str) -> Iterator[str]:
     with fresh_postgres(f"approvals_replicas_{worker_name}") as url:
         yield url
-
-
-async def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -93,7 +85,7 @@ async def cluster(replica_database: str, tmp_path: Path) -> AsyncIterator[dict[s
                         except OSError:
                             return False
 
-                    await _wait_until(ready, 30, f"replica on {port}")
+                    await eventually(ready, interval=0.2, what=f"the replica on {port} to become ready")
                 yield {
                     "engine": engine,
                     "fake": fake,
@@ -144,7 +136,7 @@ async def test_three_replicas_never_lose_or_double_anything(cluster: dict) -> No
                 await conn.execute(select(func.count()).select_from(slack_messages))
             ).scalar_one() >= REQUESTS
 
-    await _wait_until(all_cards_posted, 120, "a card for every request")
+    await eventually(all_cards_posted, timeout=120, interval=0.2, what="a card for every request")
     clickers = asyncio.Semaphore(8)
 
     late_acks = 0
@@ -176,12 +168,12 @@ async def test_three_replicas_never_lose_or_double_anything(cluster: dict) -> No
                 )
             ).scalar_one() == 0
 
-    await _wait_until(all_final, 90, "every request to reach a final state")
+    await eventually(all_final, timeout=90, interval=0.2, what="every request to reach a final state")
 
     async def all_called_back() -> bool:
         return len({r.headers["webhook-id"] for r in receiver.received}) >= REQUESTS
 
-    await _wait_until(all_called_back, 90, "one callback per request")
+    await eventually(all_called_back, timeout=90, interval=0.2, what="one callback per request")
 
     async with engine.connect() as conn:
         statuses = dict(

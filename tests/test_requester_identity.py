@@ -7,8 +7,6 @@ self-approval check compares identities.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +18,7 @@ from approvals.audit import verify_all
 from approvals.principals import NotAPrincipal, parse_requester
 from approvals.tables import audit_events, decisions, requests, step_up_intents
 from tests.conftest import Api, offer, start_service
+from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service
 from tests.test_step_up import mfa_service
 
@@ -91,13 +90,9 @@ async def _events(api: Api, request_id: str, kind: str) -> list[dict[str, Any]]:
         return [r.data for r in rows]
 
 
-async def _wait_for_event(api: Api, request_id: str, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+async def _wait_for_event(api: Api, request_id: str, kind: str) -> list[dict[str, Any]]:
     """Poll the chain until it holds a `kind` event (the click is processed after Slack's ack)."""
-    deadline = time.monotonic() + timeout
-    while not (found := await _events(api, request_id, kind)):
-        assert time.monotonic() < deadline, f"no {kind} event in {request_id} within {timeout}s"
-        await asyncio.sleep(0.02)
-    return found
+    return await eventually(lambda: _events(api, request_id, kind), what=f"a {kind} event in {request_id}")
 
 
 async def _create(slack: SlackApi, on_behalf_of: str, **overrides: Any) -> dict[str, Any]:

@@ -15,9 +15,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from approvals.requests import expire_due_requests
 from approvals.retention import purge_batch, purge_boundary
 from approvals.tables import agents, audit_checkpoints, decisions, requests
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
+from tests.eventually import eventually
 
 COO = Clicker("U01COO", "T0TEAM", "Cora Coo", "coo@example.com")
 CFO = Clicker("U02CFO", "T0TEAM", "Finn Cfo", "cfo@example.com")
@@ -191,14 +190,6 @@ async def test_an_edited_status_approver_outcome_payload_hash_or_requester_is_re
         assert "'recruiter@example.com'" in found[ids["requester"]] and "differs" in found[ids["requester"]]
 
 
-async def _poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _checkpoints(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.number))
@@ -231,7 +222,7 @@ async def test_heartbeats_are_written_when_idle_and_not_doubled_by_two_replicas(
             written.extend(row for row in rows if row is not None)
             return bool(written)
 
-        await _poll(heartbeat, 10, "a heartbeat")
+        await eventually(heartbeat, what="a heartbeat")
     finally:
         await other.dispose()
     [beat] = written
@@ -275,7 +266,7 @@ async def test_the_scheduler_writes_heartbeats_once_an_interval_across_replicas(
         async def four() -> bool:
             return len(await _checkpoints(engine)) >= 4
 
-        await _poll(four, 30, "four checkpoints")
+        await eventually(four, what="four checkpoints")
     finally:
         for container, server in services:
             await stop_service(container, server)
@@ -439,7 +430,7 @@ async def test_an_untouched_log_with_every_kind_of_request_and_a_purge_verifies_
         async with api.container.engine.begin() as conn:
             return expiring in await expire_due_requests(conn)
 
-    await _poll(expired, 15, "the request to expire")
+    await eventually(expired, what="the request to expire")
     key = api.container.checkpoint_key
     async with api.container.engine.begin() as conn:
         boundary = await purge_boundary(conn, dt.timedelta(days=RETENTION_DAYS))

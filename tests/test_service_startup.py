@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import clean_environment, fresh_postgres, head_revision
+from tests.eventually import eventually_sync
 
 APPROVALS = [sys.executable, "-m", "app.cli"]
 
@@ -25,9 +25,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_ready(port: int, proc: subprocess.Popen[str]) -> int:
+    def ready() -> int | None:
         if proc.poll() is not None:
             raise AssertionError(
                 f"serve exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
@@ -36,8 +35,9 @@ def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> i
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
                 return int(resp.status)
         except OSError:
-            time.sleep(0.1)
-    raise AssertionError("serve did not become ready")
+            return None
+
+    return eventually_sync(ready, interval=0.1, what="serve to become ready")
 
 
 @pytest.fixture

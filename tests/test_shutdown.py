@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import _clear_postgres, clean_environment, stop_process
-from tests.test_crash_safety import eventually
+from tests.eventually import eventually
 from tests.test_service_startup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ async def test_sigterm_while_a_sweep_waits_on_the_database_stops_cleanly_without
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, what="serve did not become ready", timeout=30)
+            await eventually(ready, what="serve to become ready")
 
         # The outbox sweep's next claim waits behind this lock: a job cancelled mid-run at shutdown.
         await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
@@ -84,7 +84,7 @@ async def test_sigterm_while_a_sweep_waits_on_the_database_stops_cleanly_without
                 row = await cursor.fetchone()
                 return row is not None and row[0] > 0
 
-        await eventually(sweep_waiting, what="the outbox sweep never waited on the lock", timeout=20)
+        await eventually(sweep_waiting, what="the outbox sweep to wait on the lock")
         proc.send_signal(signal.SIGTERM)
         returncode = await asyncio.to_thread(proc.wait, 30)
     finally:

@@ -15,6 +15,7 @@ from sqlalchemy import event, func, select
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, slack_clicks
 from tests.conftest import TEST_POLICIES, offer
+from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service, slash_command, view_submission
 
 
@@ -246,9 +247,7 @@ async def test_double_clicks_and_slack_retries_record_nothing_new(slack: SlackAp
     for headers in ({}, {}, {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}):
         assert (await slack.slack(click, **headers)).status == 200
     # The click is decided after the ack: wait for it, then check the repeats added nothing.
-    async with asyncio.timeout(10):
-        while not await _events(slack, request_id, "decision_recorded"):
-            await asyncio.sleep(0.05)
+    await eventually(lambda: _events(slack, request_id, "decision_recorded"), what="the click to be decided")
     await slack.container.dispatcher.run_until_idle()
     events_before = await _events(slack, request_id, "decision_recorded")
     assert len(events_before) == 1

@@ -7,7 +7,6 @@ tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityP
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
 from tests.conftest import TEST_POLICIES, run_cli
+from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
 from tests.test_service_startup import free_port
 
@@ -107,12 +107,14 @@ async def _request(m: Mfa, action: str = "approve_payroll") -> str:
     resp = await m.api.post("/v1/requests", body)
     assert resp.status == 201, await resp.text()
     request_id = str((await resp.json())["id"])
+
     # The card is out before anyone clicks it, as in Slack: the card updates below then have a message.
-    deadline = time.monotonic() + 10
-    while not await m.api.posted(request_id):
-        assert time.monotonic() < deadline, "the card was never posted"
-        await m.api.container.dispatcher.run_until_idle()
-        await asyncio.sleep(0.02)
+    async def posted() -> list[Any]:
+        if not (rows := await m.api.posted(request_id)):
+            await m.api.container.dispatcher.run_until_idle()
+        return rows
+
+    await eventually(posted, what="the card to be posted")
     return request_id
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -26,6 +25,7 @@ from sqlalchemy import select, update
 from app.slack.clicks import MAX_IDENTITY_ATTEMPTS, identity_retry_delay
 from approvals.db import db_now
 from approvals.tables import slack_clicks, step_up_intents, step_ups
+from tests.eventually import eventually
 from tests.test_step_up import (
     COO,
     Mfa,
@@ -37,18 +37,6 @@ from tests.test_step_up import (
     _sign_in,
 )
 from tests.test_step_up import m as m  # the fixture: the step-up service, its IdP and a browser
-
-T = TypeVar("T")
-
-
-async def _eventually(probe: Callable[[], Awaitable[T]], what: str, timeout: float = 10) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (value := await probe()):
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"{what} within {timeout:g} s") from None
-    return value
 
 
 async def _intent(m: Mfa, request_id: str) -> Any:
@@ -217,7 +205,7 @@ async def _attempts(m: Mfa, request_id: str, count: int) -> Any:
         row = await _click_row(m, request_id)
         return row if row.attempts >= count else None
 
-    return await _eventually(counted, f"attempt {count} was never counted")
+    return await eventually(counted, what=f"attempt {count} to be counted")
 
 
 async def test_a_clicker_slack_keeps_failing_on_is_retried_with_back_off_then_refused(m: Mfa) -> None:
@@ -262,7 +250,7 @@ async def test_a_clicker_slack_keeps_failing_on_is_retried_with_back_off_then_re
     async def refused() -> Any:
         return await _events(m, request_id, "click_refused")
 
-    [event] = await _eventually(refused, "the click was never refused")
+    [event] = await eventually(refused, what="the click to be refused")
     assert (event["reason"], event["user_id"], event["choice"]) == (
         "identity_unavailable",
         "U01COO",
@@ -290,7 +278,7 @@ async def test_a_clicker_slack_does_not_know_is_refused_at_once(m: Mfa) -> None:
     async def refused() -> Any:
         return await _events(m, request_id, "click_refused")
 
-    [event] = await _eventually(refused, "the click was never refused")
+    [event] = await eventually(refused, what="the click to be refused")
     assert (event["reason"], event["user_id"]) == ("unknown_user", "U01COO")
     row = await _click_row(m, request_id)
     assert (row.status, row.attempts) == ("done", 1)
