@@ -19,6 +19,9 @@ def restored_logging() -> Iterator[None]:
     """configure_logging sets the process's logging up: put back what pytest had."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # An earlier test in this process (a CLI run in-process) may have captured warnings already, and
+    # pytest has since put its own recorder in place: start from "not captured", as a fresh process does.
+    logging.captureWarnings(False)
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)
