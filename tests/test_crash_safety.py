@@ -361,7 +361,7 @@ async def test_an_acknowledged_click_is_decided_after_the_process_dies(crash: Cr
     key, _ = await crash.agent(["send_offer_letter"])
     first = await crash.start(failpoint="after_click_ack")
     request_id = await crash.create(first, key, offer())
-    [post] = await fake.wait_for_calls("chat.postMessage", 1, timeout=10)
+    [post] = await fake.wait_for_calls("chat.postMessage", 1, timeout=30)
     await eventually(lambda: crash.all_done(request_id, SLACK_POST), what="the card to be recorded")
     [card] = fake.messages_in("C0HIRING")
     body = urlencode(
@@ -398,7 +398,7 @@ async def test_an_acknowledged_click_is_decided_after_the_process_dies(crash: Cr
     [click] = await crash.rows(slack_clicks, slack_clicks.c.request_id == request_id)
     assert click.status == "done"
     # ...and the live card shows it.
-    [update] = await fake.wait_for_calls("chat.update", 1, timeout=10)
+    [update] = await fake.wait_for_calls("chat.update", 1, timeout=30)
     assert (update.params["channel"], update.params["ts"]) == (post.params["channel"], card["ts"])
 
 

@@ -306,7 +306,7 @@ async def test_a_429_storm_posts_the_card_exactly_once_after_retry_after(databas
         assert slack.fake is not None
         slack.fake.fail("chat.postMessage", times=3, status=429, retry_after=1)
         created = await (await slack.post("/v1/requests", offer())).json()
-        calls = await slack.fake.wait_for_calls("chat.postMessage", 4, timeout=15)
+        calls = await slack.fake.wait_for_calls("chat.postMessage", 4, timeout=30)
         await slack.container.dispatcher.run_until_idle()
         assert [c.failed for c in calls] == [True, True, True, False]
         assert len(await slack.posted(created["id"])) == 1

@@ -181,7 +181,7 @@ class SandboxSlack:
             body for rid, body in zip(self._response_ids, self.responses, strict=True) if rid == response_id
         ]
 
-    async def wait_for_calls(self, method: str, count: int, timeout: float = 5) -> list[Call]:
+    async def wait_for_calls(self, method: str, count: int, timeout: float = 30) -> list[Call]:
         """All calls to `method` (failed ones included) once there are at least `count`."""
         try:
             async with asyncio.timeout(timeout):
