@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from approvals.lifecycle import STATUSES
 from approvals.report_data import (
     REFUSAL_REASONS,
-    STATUSES,
     DecisionTimes,
     MfaCoverage,
     ReportData,

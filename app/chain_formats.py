@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from approvals.chains import ChainFilter
 from approvals.errors import InvalidInput
+from approvals.lifecycle import STATUSES
 
 Format = Literal["json", "jsonl", "csv"]
 FORMATS: tuple[Format, ...] = ("json", "jsonl", "csv")
@@ -54,7 +55,7 @@ def parse_time(value: str | None, field: str) -> dt.datetime | None:
 
 def chain_filter(values: dict[str, str | None]) -> ChainFilter:
     status = values.get("status")
-    if status and status not in ("pending", "approved", "rejected", "expired", "cancelled"):
+    if status and status not in STATUSES:
         raise InvalidInput("invalid_field", f"unknown status {status!r}", "status")
     outcome = values.get("outcome")
     if outcome and outcome not in ("succeeded", "failed", "none"):

@@ -34,6 +34,7 @@ from approvals.chain_json import iter_chain_texts
 from approvals.chains import count_chains, iter_chains
 from approvals.checkpoints import create_checkpoint, latest_checkpoint
 from approvals.errors import DomainError
+from approvals.lifecycle import STATUSES
 from approvals.log_verification import Finding, LogVerdict, verify_audit_log
 from approvals.report_data import SAMPLE_SIZE, ReportData, gather_report, read_only_snapshot
 
@@ -304,7 +305,7 @@ FILTERS = ("agent", "policy", "action", "approver", "status", "outcome")
 @click.option("--approver", help="Slack user id or email of an approver.")
 @click.option(
     "--status",
-    type=click.Choice(["pending", "approved", "rejected", "expired", "cancelled"]),
+    type=click.Choice([status.value for status in STATUSES]),
     help="Only requests in this state.",
 )
 @click.option(

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from approvals.audit import append_event
 from approvals.db import db_now, insert_ignoring_conflict
 from approvals.errors import NotFound
+from approvals.lifecycle import Status, finalise
 from approvals.outbox import SLACK_UPDATE, enqueue
 from approvals.principals import is_requester, stored_requester
-from approvals.requests import finalise
 from approvals.tables import decisions, requests
 
 Choice = Literal["approve", "reject"]
@@ -146,7 +146,7 @@ async def check_click(conn: AsyncConnection, click: Click, request: Any) -> Refu
 
     users, _groups = approver_ids(request.policy_rule)
     refusal: RefusalReason | None = None
-    if request.status != "pending":
+    if request.status != Status.PENDING:
         refusal = "not_pending"
     elif previous is not None:
         refusal = "already_decided"
@@ -229,11 +229,11 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
     )
     required = int(request.required_approvals)
     if click.choice == "reject" or approvals >= required:
-        status = "rejected" if click.choice == "reject" else "approved"
+        status = Status.REJECTED if click.choice == "reject" else Status.APPROVED
         reason = click.reason if click.choice == "reject" else None
         result = await conn.execute(
             update(requests)
-            .where(requests.c.id == click.request_id, requests.c.status == "pending")
+            .where(requests.c.id == click.request_id, requests.c.status == Status.PENDING)
             .values(status=status, decided_by="human", decided_at=now, reason=reason)
         )
         if result.rowcount == 1:
@@ -254,7 +254,7 @@ async def record_click(conn: AsyncConnection, click: Click) -> Recorded | Refuse
         payload={"status": "partial", "approvals": approvals},
         now=now,
     )
-    return Recorded(status="pending", approvals=approvals, required=required)
+    return Recorded(status=Status.PENDING, approvals=approvals, required=required)
 
 
 def _identity(click: Click) -> dict[str, Any]:

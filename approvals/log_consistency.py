@@ -30,16 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, null, or_, select, text, union_all
+from sqlalchemy import String, and_, case, exists, func, literal, null, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit_sql import use_parallel_workers
+from approvals.lifecycle import FINAL, STATUSES, Status, event_kind
 from approvals.tables import audit_events, decisions, requests
 
 CREATED = "request_created"
 DECISION = "decision_recorded"
 OUTCOME = "outcome_recorded"
-FINAL_KINDS = ("request_approved", "request_rejected", "request_expired", "request_cancelled")
+FINAL_KINDS = tuple(event_kind(status) for status in STATUSES if status in FINAL)
 _FINAL_PREFIX = len("request_")
 # How many disagreeing requests verification names; one is enough to fail it.
 MOST_NAMED = 100
@@ -154,7 +155,9 @@ def _disagreements(limit: int) -> Any:
     ev = _per_chain()
     counted = _decision_rows()
     rows = func.coalesce(counted.c.rows, 0)
-    chain_status = case((ev.c.finals == 0, "pending"), else_=func.substr(ev.c.final_kind, _FINAL_PREFIX + 1))
+    # Typed as the string it stands for, so the statement is the one a plain "pending" would give.
+    pending = literal(Status.PENDING, String)
+    chain_status = case((ev.c.finals == 0, pending), else_=func.substr(ev.c.final_kind, _FINAL_PREFIX + 1))
     columns = (
         ev.c.created,
         ev.c.payload,

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import iso_utc
+from approvals.lifecycle import Status
 from approvals.tables import agents, requests, slack_messages
 
 MAX_LISTED = 500
@@ -26,7 +27,7 @@ async def pending_requests(conn: AsyncConnection) -> list[dict[str, Any]]:
                 agents.c.name.label("agent_name"),
             )
             .select_from(requests.join(agents, agents.c.id == requests.c.agent_id))
-            .where(requests.c.status == "pending")
+            .where(requests.c.status == Status.PENDING)
             .order_by(requests.c.expires_at)
             .limit(MAX_LISTED)
         )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from approvals.audit import append_event
 from approvals.db import db_now
 from approvals.durations import parse_duration
+from approvals.lifecycle import Status
 from approvals.outbox import SLACK_NOTIFY, enqueue
 from approvals.tables import requests
 
@@ -45,7 +46,7 @@ async def schedule_missing_reminders(conn: AsyncConnection) -> int:
     result = await conn.execute(
         update(requests)
         .where(
-            requests.c.status == "pending",
+            requests.c.status == Status.PENDING,
             requests.c.next_reminder_at.is_(None),
             # Rules are stored as canonical JSON: an empty list is exactly this text.
             rule_text.like('%"remind_at":[%'),
@@ -65,7 +66,7 @@ async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
     now = await db_now(conn)
     query = (
         select(requests.c.id, requests.c.policy_rule, requests.c.created_at, requests.c.expires_at)
-        .where(requests.c.status == "pending", requests.c.next_reminder_at <= now)
+        .where(requests.c.status == Status.PENDING, requests.c.next_reminder_at <= now)
         .order_by(requests.c.next_reminder_at)
         .limit(limit)
         .with_for_update(skip_locked=True, key_share=True)  # see expire_due_requests

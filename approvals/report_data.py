@@ -21,9 +21,9 @@ from approvals.audit import verify_all
 from approvals.chains import get_chain
 from approvals.checkpoints import Verifier, verify_checkpoints
 from approvals.db import db_now
+from approvals.lifecycle import STATUSES, Status
 from approvals.tables import agents, audit_events, decisions, requests
 
-STATUSES = ("pending", "approved", "rejected", "expired", "cancelled")
 REFUSAL_REASONS = ("not_approver", "self_approval", "not_pending", "already_decided")
 # Refusals of a decision: a click the rules turned down, and (with MFA) a step-up that failed.
 REFUSAL_KINDS = ("click_refused", "step_up_failed")
@@ -289,7 +289,7 @@ def _text(value: Any) -> str | None:
 
 
 async def _expiries(conn: AsyncConnection, start: dt.datetime, end: dt.datetime) -> tuple[list[Expiry], int]:
-    expired = (*_in_period(start, end), requests.c.status == "expired")
+    expired = (*_in_period(start, end), requests.c.status == Status.EXPIRED)
     total = int((await conn.execute(select(func.count()).select_from(requests).where(*expired))).scalar_one())
     approvals = (
         select(func.count())

@@ -11,8 +11,6 @@ from approvals.db import iso_utc
 from approvals.outbox import attempts_for
 from approvals.tables import decisions, requests
 
-FINAL_STATUSES = frozenset({"approved", "rejected", "expired", "cancelled"})
-
 # The columns render_request reads, for callers that read many requests and would rather not fetch
 # (and decode) the others, such as the policy rule snapshot.
 VIEW_COLUMNS = tuple(

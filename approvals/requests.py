@@ -19,15 +19,8 @@ from approvals.db import db_now, insert_ignoring_conflict
 from approvals.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from approvals.intake_sql import EXPIRES_AT, insert_new_request
 from approvals.keys import new_id
-from approvals.outbox import (
-    CALLBACK,
-    SLACK_NOTIFY,
-    SLACK_UPDATE,
-    enqueue,
-    enqueue_many,
-    outbox_row,
-    outbox_values,
-)
+from approvals.lifecycle import FINAL, Status, event_kind, final_delivery_rows, finalise, initial_status
+from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, enqueue, enqueue_many, outbox_values
 from approvals.policies import Rule, evaluate
 from approvals.policy_versions import ActivePolicies
 from approvals.principals import NotAPrincipal, Requester, parse_requester
@@ -170,8 +163,8 @@ async def create_request(
     _check_resolved(rule, requester, new.on_behalf_of)
     max_lifetime = rule.expires_in if rule is not None else DEFAULT_LIFETIME_SECONDS
     lifetime = min(new.expires_in or max_lifetime, max_lifetime)
-    status = {"allow": "approved", "deny": "rejected", "require_approval": "pending"}[evaluation.decision]
-    final = status != "pending"
+    status = initial_status(evaluation.decision)
+    final = status in FINAL
     request_id = new_id("req_")
     values: dict[str, Any] = {
         "id": request_id,
@@ -227,7 +220,7 @@ async def create_request(
     ]
     if final:
         events.append(
-            NewEvent(f"request_{status}", "policy", {"decided_by": "policy", "reason": evaluation.reason})
+            NewEvent(event_kind(status), "policy", {"decided_by": "policy", "reason": evaluation.reason})
         )
     # A new request's deliveries: its card, or (decided by policy) the agent's callback.
     deliveries: list[tuple[str, str, dict[str, Any]]] = []
@@ -314,52 +307,6 @@ async def get_request(conn: AsyncConnection, *, principal: Principal, request_id
     return view
 
 
-async def finalise(
-    conn: AsyncConnection,
-    *,
-    request_id: str,
-    status: str,
-    actor: str,
-    now: dt.datetime,
-    data: dict[str, Any],
-) -> None:
-    """The audit event and deliveries every final state owes: the card update and the agent callback."""
-    await append_event(conn, chain_id=request_id, kind=f"request_{status}", actor=actor, data=data, now=now)
-    callback_url = (
-        await conn.execute(select(requests.c.callback_url).where(requests.c.id == request_id))
-    ).scalar()
-    await enqueue_many(
-        conn,
-        final_delivery_rows(request_id=request_id, status=status, callback_url=callback_url, now=now),
-    )
-
-
-def final_delivery_rows(
-    *, request_id: str, status: str, callback_url: str | None, now: dt.datetime
-) -> list[dict[str, Any]]:
-    """The outbox rows a final state owes: the card update, and the agent's callback if it gave a URL."""
-    rows = [
-        outbox_row(
-            kind=SLACK_UPDATE,
-            dedupe_key=f"{SLACK_UPDATE}:{request_id}:{status}",
-            request_id=request_id,
-            payload={"status": status},
-            now=now,
-        )
-    ]
-    if callback_url:
-        rows.append(
-            outbox_row(
-                kind=CALLBACK,
-                dedupe_key=f"{CALLBACK}:{request_id}:{status}",
-                request_id=request_id,
-                payload={"event": f"request.{status}"},
-                now=now,
-            )
-        )
-    return rows
-
-
 async def _owned_status(conn: AsyncConnection, principal: Principal, request_id: str) -> Any:
     row = (
         await conn.execute(
@@ -439,12 +386,14 @@ async def _withdraw(
     now = await db_now(conn)
     result = await conn.execute(
         update(requests)
-        .where(requests.c.id == request_id, requests.c.status == "pending")
-        .values(status="cancelled", decided_by=decided_by, decided_at=now, reason=reason)
+        .where(requests.c.id == request_id, requests.c.status == Status.PENDING)
+        .values(status=Status.CANCELLED, decided_by=decided_by, decided_at=now, reason=reason)
     )
     if result.rowcount != 1:
         return False
-    await finalise(conn, request_id=request_id, status="cancelled", actor=actor, now=now, data=event_data)
+    await finalise(
+        conn, request_id=request_id, status=Status.CANCELLED, actor=actor, now=now, data=event_data
+    )
     return True
 
 
@@ -465,7 +414,7 @@ async def record_outcome(
         update(requests)
         .where(
             requests.c.id == request_id,
-            requests.c.status == "approved",
+            requests.c.status == Status.APPROVED,
             requests.c.outcome_status.is_(None),
         )
         .values(
@@ -477,7 +426,7 @@ async def record_outcome(
     )
     if result.rowcount != 1:
         current = await _owned_status(conn, principal, request_id)
-        if current.status != "approved":
+        if current.status != Status.APPROVED:
             raise Conflict(
                 "not_approved",
                 f"an outcome needs an approved request; this one is {current.status}",
@@ -518,8 +467,8 @@ async def record_outcome(
     return view
 
 
-EXPIRED_EVENT = NewEvent("request_expired", "scheduler", {"decided_by": "system"})
-_EXPIRED = {"status": "expired", "decided_by": "system", "reason": "no decision before expiry"}
+EXPIRED_EVENT = NewEvent(event_kind(Status.EXPIRED), "scheduler", {"decided_by": "system"})
+_EXPIRED = {"status": Status.EXPIRED, "decided_by": "system", "reason": "no decision before expiry"}
 
 # Claim, expire and lock the chain heads of a batch in one statement. The time is the
 # database's, read once for the batch (clock_timestamp() changes from row to row). NO KEY UPDATE:
@@ -582,7 +531,7 @@ async def expire_due_requests(conn: AsyncConnection, *, limit: int = 500) -> lis
     deliveries: dict[str, list[dict[str, Any]]] = {}
     for row in expired:
         for delivery in final_delivery_rows(
-            request_id=row.id, status="expired", callback_url=row.callback_url, now=now
+            request_id=row.id, status=Status.EXPIRED, callback_url=row.callback_url, now=now
         ):
             deliveries.setdefault(delivery["kind"], []).append(delivery)
     for rows in deliveries.values():

@@ -44,6 +44,7 @@ from approvals.checkpoints import (
 )
 from approvals.db import db_now
 from approvals.errors import InvalidInput
+from approvals.lifecycle import Status
 from approvals.tables import (
     audit_events,
     audit_purged_events,
@@ -147,7 +148,7 @@ def _final_at() -> Any:
 
 async def count_kept(conn: AsyncConnection, boundary: dt.datetime) -> int:
     """Final requests older than the boundary that are still here (waiting for a checkpoint, say)."""
-    query = select(func.count()).where(requests.c.status != "pending", _final_at() < boundary)
+    query = select(func.count()).where(requests.c.status != Status.PENDING, _final_at() < boundary)
     return int((await conn.execute(query)).scalar_one())
 
 
@@ -253,7 +254,7 @@ async def _candidates(
         exists().where(slack_clicks.c.request_id == requests.c.id, slack_clicks.c.status != "done"),
     )
     query = select(requests.c.id).where(
-        requests.c.status != "pending", _final_at() < boundary, ~young_or_unsealed, ~in_flight
+        requests.c.status != Status.PENDING, _final_at() < boundary, ~young_or_unsealed, ~in_flight
     )
     if after is not None:
         query = query.where(requests.c.id > after)

@@ -1223,6 +1223,8 @@ def filter_values(libpq: str) -> Values:
         ).fetchall()
         start, end = conn.execute("SELECT min(created_at), max(created_at) FROM requests").fetchone()  # type: ignore[misc]
         ids = [r[0] for r in conn.execute("SELECT id FROM requests TABLESAMPLE SYSTEM (1) LIMIT 5000")]
+        if not ids:  # a small log: a 1 % block sample can come back empty, so take them all
+            ids = [r[0] for r in conn.execute("SELECT id FROM requests LIMIT 5000")]
     policies = ["default"]
     if content is not None:
         policies += [rule.display_name for rule in parse_policies(content[0]).policy_set.policies]

@@ -21,9 +21,9 @@ from app.http.schemas import CreateRequestBody, OutcomeBody, parse_body
 from app.ssrf import check_callback_url
 from approvals.agents import Principal
 from approvals.errors import DomainError, InvalidInput
+from approvals.lifecycle import FINAL
 from approvals.policies import evaluate
 from approvals.principals import Requester
-from approvals.request_views import FINAL_STATUSES
 from approvals.requests import (
     Created,
     KeyInUse,
@@ -168,7 +168,7 @@ async def get_request_view(request: web.Request) -> web.Response:
         async with container.interactive.connect() as conn:
             view = await get_request(conn, principal=principal, request_id=request_id)
         remaining = deadline - time.monotonic()
-        if view["status"] in FINAL_STATUSES or remaining <= 0:
+        if view["status"] in FINAL or remaining <= 0:
             return web.json_response(view)
         await container.waiters.wait(request_id, min(remaining, POLL_INTERVAL_SECONDS))
 

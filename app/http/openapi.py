@@ -6,6 +6,7 @@ from typing import Any
 
 from app.config import MAX_BODY_BYTES
 from app.http.schemas import CreateRequestBody, OutcomeBody
+from approvals.lifecycle import STATUSES
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -27,7 +28,7 @@ REQUEST_SCHEMA = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "status": {"enum": ["pending", "approved", "rejected", "expired", "cancelled"]},
+        "status": {"enum": [status.value for status in STATUSES]},
         "action": {"type": "string"},
         "title": {"type": "string"},
         "summary": {"type": "string"},

@@ -6,6 +6,7 @@ import html
 
 from aiohttp import web
 
+from approvals.lifecycle import Status
 from approvals.step_up import FailureReason
 
 # Every failure names what the approver can do next; none of them recorded a decision.
@@ -95,7 +96,9 @@ def failure_page(reason: FailureReason, detail: str = "") -> web.Response:
 
 def success_page(choice: str, status: str) -> web.Response:
     verb = "approval" if choice == "approve" else "rejection"
-    outcome = {"approved": "The request is approved.", "rejected": "The request is rejected."}.get(
-        status, "The request still awaits other approvers."
-    )
+    outcomes: dict[str, str] = {
+        Status.APPROVED: "The request is approved.",
+        Status.REJECTED: "The request is rejected.",
+    }
+    outcome = outcomes.get(status, "The request still awaits other approvers.")
     return page(200, "Decision recorded", f"Your {verb} is recorded with your verified sign-in. {outcome}")

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from approvals import agents as agent_cases
 from approvals.errors import Conflict
+from approvals.lifecycle import Status
 
 NAME = "sandbox-demo-agent"
 OWNER = "recruiter@example.com"
@@ -138,7 +139,7 @@ class DemoAgent:
             message = error.get("message") if isinstance(error, dict) else None
             raise DemoAgentError(f"the service refused the request (HTTP {status}): {message or body}")
         request_id = str(body["id"])
-        self.requests.append({"request_id": request_id, "status": str(body.get("status", "pending"))})
+        self.requests.append({"request_id": request_id, "status": str(body.get("status", Status.PENDING))})
         del self.requests[:-_MAX_KEPT]
         self._on_change()
         return request_id

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, ActionId, CallbackId
+from approvals.lifecycle import Status
 
 Block = dict[str, Any]
 
@@ -267,19 +268,19 @@ def _state_line(view: Mapping[str, Any], decisions: Sequence[Mapping[str, Any]])
     reason = str(view.get("reason") or "")
     approvals = [d for d in decisions if d.get("decision") == "approve"]
     rejections = [d for d in decisions if d.get("decision") == "reject"]
-    if status == "approved":
+    if status == Status.APPROVED:
         if decided_by == "human" and approvals:
             return f"✅ Approved by {_people(approvals)}{when}", ""
         return f"✅ Approved by {_decider(decided_by)}{when}", reason
-    if status == "rejected":
+    if status == Status.REJECTED:
         if decided_by == "human" and rejections:
             reasons = [str(d["reason"]) for d in rejections if d.get("reason")]
             return f"❌ Rejected by {_people(rejections)}{when}", "; ".join(reasons) or reason
         return f"❌ Rejected by {_decider(decided_by)}{when}", reason
-    if status == "expired":
+    if status == Status.EXPIRED:
         expired_at = view.get("decided_at") or view.get("expires_at")
         return f"⌛ Expired at {_date_token(expired_at)} with no decision", ""
-    if status == "cancelled":
+    if status == Status.CANCELLED:
         # The agent's cancel is recorded with a stock reason; repeating it under the state adds nothing.
         shown = "" if reason.lower() == "cancelled by the agent" else reason
         return f"🚫 Cancelled by {_decider(decided_by)}{when}", shown
@@ -293,7 +294,7 @@ def _decider(decided_by: Any) -> str:
 def _state_blocks(view: Mapping[str, Any]) -> list[Block]:
     decisions = [d for d in view.get("decisions") or [] if isinstance(d, Mapping)]
     required = int(view.get("required_approvals") or 1)
-    if view.get("status") == "pending":
+    if view.get("status") == Status.PENDING:
         blocks = [_buttons(str(view["id"]))]
         if required > 1:
             approvals = [d for d in decisions if d.get("decision") == "approve"]
@@ -319,13 +320,14 @@ def _state_blocks(view: Mapping[str, Any]) -> list[Block]:
 
 
 def _fallback_text(view: Mapping[str, Any]) -> str:
-    prefix = {
-        "pending": "Approval needed",
-        "approved": "Approved",
-        "rejected": "Rejected",
-        "expired": "Expired",
-        "cancelled": "Cancelled",
-    }.get(str(view.get("status")), "Approval request")
+    prefixes: dict[str, str] = {
+        Status.PENDING: "Approval needed",
+        Status.APPROVED: "Approved",
+        Status.REJECTED: "Rejected",
+        Status.EXPIRED: "Expired",
+        Status.CANCELLED: "Cancelled",
+    }
+    prefix = prefixes.get(str(view.get("status")), "Approval request")
     # The notification text is mrkdwn too: escaped, so it cannot mention or link either.
     return _clip_escaped(f"{prefix}: {view.get('title') or view.get('action') or ''}", FALLBACK_TEXT_MAX)
 

@@ -13,6 +13,7 @@ from app.slack.cards import escape_mrkdwn
 from app.slack.delivery import classify
 from app.slack.directory import SlackDirectory
 from approvals.decisions import approver_ids
+from approvals.lifecycle import Status
 from approvals.notifications import messages_of
 from approvals.outbox import Claimed, enqueue
 from approvals.tables import decisions, requests
@@ -69,7 +70,7 @@ class SlackReminders:
                 )
             ).first()
             cards = await messages_of(conn, item.request_id)
-        if row is None or row.status != "pending":
+        if row is None or row.status != Status.PENDING:
             return Settlement("skipped", target=user, error="no longer pending")
         link = next((c.permalink for c in cards if c.permalink), None)
         expiry = int(row.expires_at.timestamp())
