@@ -72,11 +72,16 @@ def load_checkpoint_key(settings: Settings) -> CheckpointKey:
     if settings.checkpoint_key is not None:
         return _from_seed(settings.checkpoint_key.get_secret_value(), "APPROVALS_CHECKPOINT_KEY")
     path = Path(settings.checkpoint_key_file)
-    if path.exists():
-        return _from_seed(path.read_text(), f"APPROVALS_CHECKPOINT_KEY_FILE ({path})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seed = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(seed).decode() + "\n")
+    try:
+        if path.exists():
+            return _from_seed(path.read_text(), f"APPROVALS_CHECKPOINT_KEY_FILE ({path})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seed = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(seed).decode() + "\n")
+    except OSError as exc:
+        raise CheckpointKeyError(
+            f"APPROVALS_CHECKPOINT_KEY_FILE ({path}): cannot read or create it: {exc.strerror}"
+        ) from None
     return CheckpointKey(Ed25519PrivateKey.from_private_bytes(seed))

@@ -43,8 +43,9 @@ def serve(sandbox: Literal["on", "auto", "off"], sandbox_remote: bool) -> None:
         asyncio.run(run_service(settings, sandbox=sandbox, sandbox_remote=sandbox_remote))
     except (StartupError, PolicyError) as exc:
         fail(f"error: {exc}")
-    except OSError as exc:
-        fail(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+    except OSError as exc:  # a file or directory the service needed (the bind says so itself)
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"error: {where}{exc.strerror or exc}")
 
 
 @click.command()

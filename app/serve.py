@@ -73,7 +73,12 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
         loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} (APPROVALS_HOST, APPROVALS_PORT)"
+            ) from None
         if local is not None:
             # Only once this process holds the port: a second `make run` that cannot listen must not
             # rotate away the key of the demo agent the first one is using.

@@ -3,22 +3,29 @@ command; `--debug` shows the traceback; `--version` answers."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import clean_environment, postgres_server_url
+from tests.conftest import TEST_CHECKPOINT_KEY, clean_environment, postgres_server_url
 from tests.sandbox_service import APPROVALS, ROOT, free_port
 
 
-def run(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, database_url: str, port: int | None = None, key_file: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = clean_environment() | {
         "APPROVALS_DATABASE_URL": database_url,
         "APPROVALS_POLICIES": str(ROOT / "tests" / "data" / "policies.yml"),
-        "APPROVALS_PORT": str(free_port()),
+        "APPROVALS_PORT": str(port or free_port()),
+        "APPROVALS_CHECKPOINT_KEY": TEST_CHECKPOINT_KEY,
     }
+    if key_file is not None:
+        del env["APPROVALS_CHECKPOINT_KEY"]
+        env["APPROVALS_CHECKPOINT_KEY_FILE"] = key_file
     return subprocess.run([*APPROVALS, *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -52,3 +59,19 @@ def test_debug_shows_the_traceback_and_version_answers(tmp_path: Path) -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
     version = subprocess.run([*APPROVALS, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("approvals 0.")
+
+
+def test_a_key_file_that_cannot_be_created_is_one_line_naming_the_setting() -> None:
+    result = run("serve", database_url="postgresql://postgres@127.0.0.1:1/approvals", key_file="/proc/no/key")
+    line = one_line(result)
+    assert line.startswith("error: APPROVALS_CHECKPOINT_KEY_FILE (/proc/no/key): cannot read or create it")
+
+
+def test_a_port_in_use_is_one_line_naming_it(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line(run("serve", database_url=database_url, port=port))
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert "APPROVALS_PORT" in line

@@ -103,6 +103,12 @@ def _embedded_env(tmp_path: Path, port: int) -> dict[str, str]:
     }
 
 
+def _serve(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
 def _postmaster_running(data: Path) -> bool:
     pid_file = data / "postmaster.pid"
     if not pid_file.exists():
@@ -118,9 +124,7 @@ def test_the_embedded_default_starts_migrates_and_stops_with_the_service(tmp_pat
     port = free_port()
     env = _embedded_env(tmp_path, port)
     data = Path(env["APPROVALS_EMBEDDED_DATABASE_DIR"])
-    proc = subprocess.Popen(
-        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = _serve(env)
     try:
         assert wait_ready(port, proc) == 200
         assert _postmaster_running(data)
@@ -144,17 +148,13 @@ def test_the_embedded_server_comes_back_after_a_kill_9(tmp_path: Path) -> None:
     port = free_port()
     env = _embedded_env(tmp_path, port)
     data = Path(env["APPROVALS_EMBEDDED_DATABASE_DIR"])
-    first = subprocess.Popen(
-        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    first = _serve(env)
     try:
         assert wait_ready(port, first) == 200
     finally:
         first.kill()  # SIGKILL: no clean-up runs, its pid stays in the server's user list
         first.communicate(timeout=30)
-    second = subprocess.Popen(
-        [*APPROVALS, "serve"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    second = _serve(env)
     try:
         assert wait_ready(port, second) == 200
     finally:
