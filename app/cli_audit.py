@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -388,11 +389,18 @@ def audit_export(
         url = database_url_of(settings)
     except EmbeddedDatabaseError as exc:
         fail(f"error: {exc}")
+    started = time.monotonic()
     if out is None:
-        asyncio.run(run(sys.stdout))
+        exported = asyncio.run(run(sys.stdout))
     else:
         with out.open("w", encoding="utf-8", newline="") as handle:
-            asyncio.run(run(handle))
+            exported = asyncio.run(run(handle))
+    # Always a last line on stderr, whatever stdout is: how many, where, how long.
+    where = str(out) if out is not None else "stdout"
+    click.echo(
+        f"exported {count(exported, 'chain')} as {fmt} to {where} in {time.monotonic() - started:.1f} s",
+        err=True,
+    )
 
 
 @audit.command("events")

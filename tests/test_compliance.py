@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,7 @@ async def test_cli_keys_export_and_verify(api: Api, database_url: str, tmp_path:
     )
     assert exported.returncode == 0, exported.stderr
     assert "population: 2 chains" in exported.stderr
+    assert re.search(rf"exported 2 chains as jsonl to {re.escape(str(out))} in \d+\.\d s\n$", exported.stderr)
     assert {json.loads(line)["id"] for line in out.read_text().splitlines()} == {ids["human"], ids["allowed"]}
     verified = await run_cli(database_url, "audit", "verify", "--json")
     assert verified.returncode == 0, verified.stderr
