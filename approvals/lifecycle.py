@@ -1,7 +1,7 @@
 """A request's lifecycle: its statuses, the moves between them, who makes each, and what each writes.
 
 A request has one status (`requests.status`), a `Status`. Policy gives a new request its first one
-(`initial_status`), and pending is the only status a request ever leaves (`MOVES`, `can_move`):
+(`initial_status`), and pending is the only status a request ever leaves:
 
     created, as its policy rule decides:
         allow             -> approved     final at once
@@ -17,7 +17,7 @@ The four statuses other than pending are `FINAL`: nothing moves a request out of
 short of the quorum moves nothing (the card shows the count so far). After approval the agent may
 report its outcome once (`outcome_status`: succeeded | failed), which is not a status.
 
-Who makes each move (`MOVERS`), and how the row and its audit event record it:
+Who makes each move, and how the row and its audit event record it:
 
     move                   who        decided_by  event actor
     (created) -> approved  policy     policy      policy
@@ -62,7 +62,7 @@ import datetime as dt
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -88,44 +88,10 @@ STATUSES: tuple[Status, ...] = tuple(Status)
 
 FINAL: frozenset[Status] = frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED})
 
-# The statuses a request may move to from each status: out of pending to any final one, never out
-# of a final one.
-MOVES: Mapping[Status, frozenset[Status]] = MappingProxyType(
-    {
-        Status.PENDING: FINAL,
-        Status.APPROVED: frozenset(),
-        Status.REJECTED: frozenset(),
-        Status.EXPIRED: frozenset(),
-        Status.CANCELLED: frozenset(),
-    }
-)
-
-Mover = Literal["people", "agent", "operator", "scheduler"]
-
-# Who may make each move (see the table in the module docstring for how each is recorded). Policy
-# makes none: it decides only a new request's first status (initial_status).
-MOVERS: Mapping[tuple[Status, Status], frozenset[Mover]] = MappingProxyType(
-    {
-        (Status.PENDING, Status.APPROVED): frozenset({"people"}),
-        (Status.PENDING, Status.REJECTED): frozenset({"people"}),
-        (Status.PENDING, Status.EXPIRED): frozenset({"scheduler"}),
-        (Status.PENDING, Status.CANCELLED): frozenset({"agent", "operator"}),
-    }
-)
-
 # The status policy gives a new request: decided at once (allow, deny), or pending people's decision.
 _INITIAL: Mapping[Decision, Status] = MappingProxyType(
     {"allow": Status.APPROVED, "deny": Status.REJECTED, "require_approval": Status.PENDING}
 )
-
-
-def can_move(current: str, target: str) -> bool:
-    """Whether a request in status `current` may move to `target` (a `Status`, or the string stored);
-    False for a string that is no status."""
-    try:
-        return Status(target) in MOVES[Status(current)]
-    except ValueError:
-        return False
 
 
 def initial_status(decision: Decision) -> Status:
