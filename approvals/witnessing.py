@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit import format_time
 from approvals.checkpoints import SCHEME_STEPWISE, Verifier, checkpoint_body
-from approvals.outbox import enqueue
+from approvals.db import db_now
+from approvals.outbox import enqueue_many, outbox_row
 from approvals.tables import audit_checkpoints
 
 RECORD_TYPE = "approvals.audit_checkpoint"
@@ -96,14 +97,20 @@ async def queue_publication(conn: AsyncConnection, row: Any, kinds: Iterable[str
     """Queue the checkpoint for each remote witness in the caller's transaction: it is published
     (with retries, by the outbox) exactly when the checkpoint itself commits."""
     record = witness_record(row)
-    for kind in kinds:
-        await enqueue(
-            conn,
-            kind=kind,
-            dedupe_key=f"checkpoint:{record['number']}:{kind}",
-            request_id=None,
-            payload={"record": record},
-        )
+    now = await db_now(conn)
+    await enqueue_many(
+        conn,
+        [
+            outbox_row(
+                kind=kind,
+                dedupe_key=f"checkpoint:{record['number']}:{kind}",
+                request_id=None,
+                payload={"record": record},
+                now=now,
+            )
+            for kind in kinds
+        ],
+    )
 
 
 @dataclass(frozen=True)
