@@ -55,11 +55,11 @@ class _Commands(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+        from sqlalchemy.exc import DBAPIError  # OperationalError, InterfaceError and the driver's others
 
         try:
             return super().invoke(ctx)
-        except (OperationalError, InterfaceError, DBAPIError) as exc:
+        except DBAPIError as exc:
             if ctx.params.get("debug"):
                 raise
             from app.cli_errors import database_error_line

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 # (pattern in the driver's message, what it means, what to do)
 _CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
@@ -46,7 +46,7 @@ _CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
 
 def database_error_line(exc: BaseException, url: str | None) -> str | None:
     """One line for a failure to reach or use the database, or None when `exc` is not one."""
-    if not isinstance(exc, (OperationalError, InterfaceError, DBAPIError)):
+    if not isinstance(exc, DBAPIError):
         return None
     detail = str(getattr(exc, "orig", None) or exc)
     where = _where(url)

@@ -57,11 +57,7 @@ async def serve(settings: Settings, *, sandbox: SandboxChoice = "off", sandbox_r
     elif container.slack is None:
         log.info("slack_disabled", reason="no SLACK_BOT_TOKEN set; cards are not posted")
     else:
-        log.info(
-            "slack_enabled",
-            mode="socket" if settings.slack_app_token else "http",
-            api_url=settings.slack_api_url,
-        )
+        log.info("slack_enabled", mode=_slack_mode(settings), api_url=settings.slack_api_url)
     app = build_app(container)
     if local is not None:
         sandbox_routes.register(app, local)

@@ -38,7 +38,10 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-_STATIC = {"sandbox.js": "application/javascript", "sandbox.css": "text/css"}
+_STATIC = {
+    "sandbox.js": ("application/javascript", page.SANDBOX_JS),
+    "sandbox.css": ("text/css", page.SANDBOX_CSS),
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -164,11 +167,10 @@ async def _page(request: web.Request) -> web.StreamResponse:
 
 
 async def _static(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    content_type = _STATIC.get(name)
-    if content_type is None:
+    found = _STATIC.get(request.match_info["name"])
+    if found is None:
         raise web.HTTPNotFound()
-    body = page.SANDBOX_JS if name == "sandbox.js" else page.SANDBOX_CSS
+    content_type, body = found
     return web.Response(text=body, content_type=content_type, headers=_PAGE_HEADERS)
 
 
