@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,9 @@ SYSTEM_POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
 EMBEDDED_TEST_SERVER = Path(tempfile.gettempdir()) / "approvals-test-postgres" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+# The real CLI, as a subprocess runs it.
+APPROVALS = [sys.executable, "-m", "app.cli"]
 
 TEST_CHECKPOINT_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31: a test-only key
 TEST_POLICIES = """
@@ -328,6 +332,13 @@ async def final_events_per_chain(conn: AsyncConnection) -> dict[str, int]:
 # Proxy settings would send a subprocess's local traffic elsewhere; the developer's own APPROVALS_ and
 # SLACK_ settings would change what a test starts.
 PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a service a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def clean_environment() -> dict[str, str]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -18,16 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import clean_environment
-
-ROOT = Path(__file__).resolve().parent.parent
-APPROVALS = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import APPROVALS, ROOT, clean_environment, free_port
 
 
 @dataclass
@@ -134,7 +123,9 @@ def running_sandbox() -> Iterator[SandboxService]:
     assert code == 0, service.stdout()[-3000:]
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_approvals(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`approvals ARGS` in a subprocess with exactly `env` (conftest.run_cli is the async one, for a
+    database the service under test is using)."""
     return subprocess.run(
         [*APPROVALS, *args], env=env, capture_output=True, text=True, timeout=60, cwd=os.fspath(ROOT)
     )

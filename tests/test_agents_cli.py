@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from app.database import build_engine
 from approvals.agents import authenticate
 from approvals.errors import Unauthenticated
 from approvals.tables import api_keys
-
-APPROVALS = [sys.executable, "-m", "app.cli"]
+from tests.conftest import APPROVALS
 
 
 def run(

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import postgres_server_url
-from tests.sandbox_service import ROOT
+from tests.conftest import ROOT, postgres_server_url
 
 TINY = {
     "intake": ["--duration", "1", "--warmup", "0.5", "--clients", "2", "--rounds", "1"],

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TEST_CHECKPOINT_KEY, clean_environment, postgres_server_url
-from tests.sandbox_service import APPROVALS, ROOT, free_port
+from tests.conftest import (
+    APPROVALS,
+    ROOT,
+    TEST_CHECKPOINT_KEY,
+    clean_environment,
+    free_port,
+    postgres_server_url,
+)
 
 
 def run(

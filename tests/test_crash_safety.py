@@ -39,12 +39,10 @@ from app.sandbox.slack_api import SandboxSlack
 from approvals.agents import add_agent
 from approvals.outbox import CALLBACK, SLACK_POST, Claimed
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
-from tests.conftest import _clear_postgres, clean_environment, offer, stop_process
+from tests.conftest import ROOT, _clear_postgres, clean_environment, free_port, offer, stop_process
 from tests.eventually import eventually
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
-from tests.test_service_startup import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
 KILLED = -signal.SIGKILL
 

@@ -11,8 +11,8 @@ import yaml
 from jsonschema import Draft7Validator
 
 from app.slack.ids import SLASH_COMMAND
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path(__file__).resolve().parent / "data" / "slack-manifest.schema.1.0.0.json"
 SLACK_URL = "https://approvals.example.com/slack/events"
 

@@ -11,8 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.conftest import clean_environment
-from tests.sandbox_service import ROOT, free_port
+from tests.conftest import ROOT, clean_environment, free_port
 
 README = ROOT / "README.md"
 

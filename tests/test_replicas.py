@@ -23,11 +23,17 @@ from app.sandbox.slack_api import SandboxSlack
 from approvals.agents import add_agent
 from approvals.audit import verify_all
 from approvals.tables import audit_events, requests, slack_messages
-from tests.conftest import TEST_CHECKPOINT_KEY, TEST_POLICIES, final_events_per_chain, fresh_postgres, offer
+from tests.conftest import (
+    TEST_CHECKPOINT_KEY,
+    TEST_POLICIES,
+    final_events_per_chain,
+    free_port,
+    fresh_postgres,
+    offer,
+)
 from tests.eventually import eventually
 from tests.receiver import Receiver
 from tests.slack_helpers import SIGNING_SECRET, USERS, block_actions, signed_headers
-from tests.test_service_startup import free_port
 
 REPLICAS = 3
 REQUESTS = 1000

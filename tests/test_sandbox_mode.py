@@ -11,6 +11,7 @@ import html
 import http.cookiejar
 import json
 import re
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -19,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from app.config import Settings
 from app.sandbox.demo_agent import verify_signature
-from tests.sandbox_service import SandboxService, run_cli, running_sandbox, start_sandbox, stop_sandbox
+from app.sandbox.mode import SandboxRefused, prepare, wanted
+from tests.conftest import APPROVALS, ROOT, clean_environment, free_port
+from tests.sandbox_service import SandboxService, run_approvals, running_sandbox, start_sandbox, stop_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +381,6 @@ def test_the_dev_idp_signs_in_for_this_service_only(sandbox: SandboxService) -> 
 
 
 def test_the_sandbox_never_starts_beside_a_real_slack_or_idp_or_off_loopback() -> None:
-    from tests.conftest import clean_environment
-    from tests.sandbox_service import ROOT, free_port
 
     base = clean_environment() | {
         "APPROVALS_PORT": str(free_port()),
@@ -396,15 +398,13 @@ def test_the_sandbox_never_starts_beside_a_real_slack_or_idp_or_off_loopback() -
         ),
     ]
     for extra, words in cases:
-        result = run_cli("serve", "--sandbox", env=base | extra)
+        result = run_approvals("serve", "--sandbox", env=base | extra)
         assert result.returncode == 2, result.stdout + result.stderr
         assert words in result.stderr
         assert result.stderr.strip().count("\n") == 0  # one line, no traceback
 
 
 def test_auto_leaves_the_sandbox_out_when_slack_is_configured() -> None:
-    from app.config import Settings
-    from app.sandbox.mode import wanted
 
     assert wanted("auto", Settings(_env_file=None)) is True
     configured = Settings(_env_file=None, slack_bot_token="xoxb-real", slack_signing_secret="s")
@@ -463,10 +463,6 @@ def test_the_demo_agent_verifies_standard_webhook_signatures() -> None:
 
 
 def test_demo_request_waits_for_the_decision_and_shows_the_verified_callback(sandbox: SandboxService) -> None:
-    import subprocess
-
-    from tests.sandbox_service import APPROVALS, ROOT
-
     known = {r["request_id"] for r in sandbox.state()["demo"]["requests"]}
     waiting = subprocess.Popen(
         [*APPROVALS, "demo", "request", "--url", sandbox.base, "--wait", "60"],
@@ -501,18 +497,16 @@ def test_demo_request_waits_for_the_decision_and_shows_the_verified_callback(san
 
 
 def test_demo_request_says_when_no_sandbox_answers() -> None:
-    from tests.conftest import clean_environment
-    from tests.sandbox_service import free_port
 
-    result = run_cli("demo", "request", "--url", f"http://127.0.0.1:{free_port()}", env=clean_environment())
+    result = run_approvals(
+        "demo", "request", "--url", f"http://127.0.0.1:{free_port()}", env=clean_environment()
+    )
     assert result.returncode == 2
     assert "cannot reach the service" in result.stderr and "make run" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_remote_sandbox_is_opt_in_and_reaches_itself_on_loopback() -> None:
-    from app.config import Settings
-    from app.sandbox.mode import SandboxRefused, prepare
 
     anywhere = Settings(_env_file=None, host="0.0.0.0", port=9123)
     with pytest.raises(SandboxRefused, match="--sandbox-remote"):
@@ -537,7 +531,7 @@ def test_remote_sandbox_is_opt_in_and_reaches_itself_on_loopback() -> None:
 
 
 def test_demo_request_prints_json_for_scripts(sandbox: SandboxService) -> None:
-    result = run_cli("demo", "request", "--url", sandbox.base, "--json", env=sandbox.env)
+    result = run_approvals("demo", "request", "--url", sandbox.base, "--json", env=sandbox.env)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert re.fullmatch(r"req_[0-9a-f]{24}", printed["request_id"])

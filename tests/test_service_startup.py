@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_environment, fresh_postgres, head_revision
+from tests.conftest import APPROVALS, clean_environment, free_port, fresh_postgres, head_revision
 from tests.eventually import eventually_sync
-
-APPROVALS = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[str]) -> int:

@@ -19,11 +19,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import _clear_postgres, clean_environment, stop_process
+from tests.conftest import ROOT, _clear_postgres, clean_environment, stop_process
 from tests.eventually import eventually
 from tests.test_service_startup import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _dsn(url: str) -> str:

@@ -20,10 +20,9 @@ from sqlalchemy import func, select, update
 from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider, Login
 from approvals.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
-from tests.conftest import TEST_POLICIES, run_cli
+from tests.conftest import TEST_POLICIES, free_port, run_cli
 from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service, view_submission
-from tests.test_service_startup import free_port
 
 MFA_POLICIES = (
     TEST_POLICIES

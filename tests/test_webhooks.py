@@ -39,6 +39,7 @@ from app.delivery.webhooks import (
     sign,
 )
 from app.ssrf import CallbackAllowList
+from tests.conftest import free_port
 
 # The known-answer vector published with the Standard Webhooks reference libraries.
 KAT_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -166,12 +167,6 @@ async def send(url: str, allow: CallbackAllowList = ALLOW_LOOPBACK, **kw: Any) -
     return await deliver(
         url=url, body=BODY, msg_id=MSG_ID, secret=SECRET, allow=allow, timestamp=TIMESTAMP, **kw
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> dict[str, int]:
