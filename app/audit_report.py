@@ -14,14 +14,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from approvals.lifecycle import STATUSES
-from approvals.report_data import (
+from approvals.audit.report_figures import (
     REFUSAL_REASONS,
     DecisionTimes,
     MfaCoverage,
     ReportData,
     Verification,
 )
+from approvals.requests.lifecycle import STATUSES
 
 # default-src 'none' blocks scripts, images, fonts, frames and connections; only the inline style is allowed.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"

@@ -26,11 +26,11 @@ from app.ssrf import CallbackAllowList
 from app.statement_timeout import unbounded
 from app.waiters import RequestWaiters
 from app.witnesses import HttpWitness, SlackWitness, WitnessFile
-from approvals.outbox import CALLBACK
-from approvals.policies import LoadedPolicies, load_policies
-from approvals.policy_versions import ActivePolicies, record_policy_version
-from approvals.reminders import schedule_missing_reminders
-from approvals.witnessing import WITNESS_HTTP, WITNESS_SLACK
+from approvals.audit.witnessing import WITNESS_HTTP, WITNESS_SLACK
+from approvals.delivery.outbox import CALLBACK
+from approvals.policies.policy_file import LoadedPolicies, load_policies
+from approvals.policies.versions import ActivePolicies, record_policy_version
+from approvals.requests.reminders import schedule_missing_reminders
 
 if TYPE_CHECKING:
     from app.slack.runtime import SlackRuntime
@@ -64,7 +64,7 @@ class Container:
     witness_file: WitnessFile | None = None
     # PostgreSQL only: a pool of its own whose connections are in autocommit, for a use case that
     # writes in exactly one statement (then its own transaction, atomic as any): BEGIN and COMMIT
-    # cost such a use case two of its three round trips. See approvals.requests.is_one_statement.
+    # cost such a use case two of its three round trips. See approvals.requests.use_cases.is_one_statement.
     single_statements: AsyncEngine | None = None
 
     async def dispose(self) -> None:

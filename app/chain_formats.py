@@ -8,9 +8,9 @@ import io
 import json
 from typing import Any, Literal
 
-from approvals.chains import ChainFilter
+from approvals.audit.chains import ChainFilter
 from approvals.errors import InvalidInput
-from approvals.lifecycle import STATUSES
+from approvals.requests.lifecycle import STATUSES
 
 Format = Literal["json", "jsonl", "csv"]
 FORMATS: tuple[Format, ...] = ("json", "jsonl", "csv")
@@ -132,7 +132,7 @@ _JSONL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def compact_json(chain: dict[str, Any]) -> str:
-    """A chain as one line of compact JSON (what approvals.chain_json has PostgreSQL write too)."""
+    """A chain as one line of compact JSON (what approvals.audit.chain_json has PostgreSQL write too)."""
     return _JSONL.encode(chain)
 
 

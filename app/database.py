@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from approvals.audit import canonical_text
+from approvals.audit.events import canonical_text
 
 if TYPE_CHECKING:
     from app.config import Settings

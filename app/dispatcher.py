@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.failpoints import failpoint, outbox_lease
-from approvals.outbox import Attempt, Claimed, claim_due, settle_many
+from approvals.delivery.outbox import Attempt, Claimed, claim_due, settle_many
 
 log = structlog.get_logger("approvals.outbox")
 

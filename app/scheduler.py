@@ -11,10 +11,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.bootstrap import Container
 from app.witnesses import remote_witness_kinds
-from approvals.checkpoints import create_checkpoint
-from approvals.reminders import send_due_reminders
-from approvals.requests import expire_due_requests, purge_idempotency_keys
-from approvals.witnessing import queue_publication
+from approvals.audit.checkpoints import create_checkpoint
+from approvals.audit.witnessing import queue_publication
+from approvals.requests.reminders import send_due_reminders
+from approvals.requests.use_cases import expire_due_requests, purge_idempotency_keys
 
 log = structlog.get_logger("approvals.scheduler")
 

@@ -1,6 +1,6 @@
 """Publishing checkpoints to witnesses outside the database, and reading them back for `audit verify`.
 
-Three witnesses (approvals.witnessing holds the record and the check):
+Three witnesses (approvals.audit.witnessing holds the record and the check):
 - a JSON Lines file, append-only and fsynced, on by default beside the checkpoint key. Each process
   brings its own file up to date after every checkpoint job, from the database: a record is appended
   only while the file's newest record is still in the database unchanged, so a rolled-back log is never
@@ -34,11 +34,9 @@ from app.config import Settings
 from app.delivery.webhooks import deliver, next_retry_delay
 from app.dispatcher import Settlement
 from app.ssrf import CallbackAllowList
-from approvals.audit import canonical_text
-from approvals.checkpoints import Verifier
-from approvals.outbox import Claimed
-from approvals.tables import audit_checkpoints
-from approvals.witnessing import (
+from approvals.audit.checkpoints import Verifier
+from approvals.audit.events import canonical_text
+from approvals.audit.witnessing import (
     RECORD_TYPE,
     WITNESS_HTTP,
     WITNESS_SLACK,
@@ -48,6 +46,8 @@ from approvals.witnessing import (
     parse_record,
     witness_record,
 )
+from approvals.delivery.outbox import Claimed
+from approvals.tables import audit_checkpoints
 
 if TYPE_CHECKING:  # slack_sdk is imported where Slack is used: the CLI starts without it
     from slack_sdk.web.async_client import AsyncWebClient

@@ -253,7 +253,7 @@ audit_checkpoints = Table(
     Column("running_hash", String(64), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", Text, nullable=False),
-    # How running_hash is formed (approvals.checkpoints: SCHEME_STEPWISE or SCHEME_DIGEST).
+    # How running_hash is formed (approvals.audit.checkpoints: SCHEME_STEPWISE or SCHEME_DIGEST).
     Column("scheme", SmallInteger, nullable=False, server_default="1"),
 )
 

@@ -22,17 +22,17 @@ What it does, in one run on one PostgreSQL server:
    and approved (by one or two approvers), rejected, expired (with reminders), cancelled or, in the
    last day, still pending; decisions with MFA evidence where the rule asks for it, cards, refused
    clicks, delivery attempts, outcomes; the agents' and the policies' own chains; about 5 audit
-   events per request, hash-chained with approvals.audit.event_hash and stored as the service stores
+   events per request, hash-chained with approvals.audit.events.event_hash and stored as the service stores
    them (ids in time order, so a request's events are spread through the table as in production), a
    chain_heads row per chain, and a signed checkpoint every --checkpoint-interval seconds of
-   simulated time, as the scheduler makes them (the last one by approvals.checkpoints.
+   simulated time, as the scheduler makes them (the last one by approvals.audit.checkpoints.
    create_checkpoint itself); then VACUUM ANALYZE. The outbox, idempotency keys and the click inbox
    stay empty: nothing measured here reads them. 1,000,000 requests take about 20 minutes and 5.5 GB.
 2. before each phase, reads the tables it uses into the OS page cache (pg_prewarm): the phases are
    measured warm, as on a server whose database fits in memory, not on whatever earlier work left
    in the cache (on a small VM the disk would be what is measured).
 3. measures, with the service's own code on a SQLAlchemy engine from app.database.build_engine:
-   - verify: approvals.log_verification.verify_audit_log (what `approvals audit verify` does:
+   - verify: approvals.audit.verification.verify_audit_log (what `approvals audit verify` does:
      verify_all and verify_checkpoints side by side on two connections, PostgreSQL hashing the log),
      events/s over the whole log, then the same with hash_in_database=False (`--in-process`);
      against baselines in the same run: SHA-256 in a tight loop over the same bytes verification
@@ -45,7 +45,7 @@ What it does, in one run on one PostgreSQL server:
      + 30 days together; p50/p95/max per filter; against a bare indexed SELECT (a request by primary
      key and its events by chain, raw psycopg);
    - export: what `approvals audit export --format jsonl` does (count_chains, then
-     approvals.chain_json.iter_chain_texts, each chain's JSON written by PostgreSQL, to /dev/null),
+     approvals.audit.chain_json.iter_chain_texts, each chain's JSON written by PostgreSQL, to /dev/null),
      unfiltered, stopping after --export-chains chains (0: all); chains/s; then the same chains
      assembled in Python (iter_chains + app.chain_formats.jsonl, the chains API's path); against bare reads of the same rows
      (requests in export order, then each page's decisions, cards, attempts and events by request
@@ -91,24 +91,24 @@ from app.chain_formats import compact_json
 from app.checkpoint_keys import CheckpointKey
 from app.database import build_engine
 from app.migrate import upgrade_to_head
-from approvals.audit import GENESIS_HASH, canonical_json, canonical_text, event_hash, format_time
-from approvals.chain_json import iter_chain_texts
-from approvals.chains import ChainFilter, chain_page, count_chains, iter_chains
-from approvals.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint
-from approvals.log_verification import verify_audit_log
-from approvals.policies import LoadedPolicies, evaluate, parse_policies
+from approvals.audit.chain_json import iter_chain_texts
+from approvals.audit.chains import ChainFilter, chain_page, count_chains, iter_chains
+from approvals.audit.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint
+from approvals.audit.events import GENESIS_HASH, canonical_json, canonical_text, event_hash, format_time
+from approvals.audit.verification import verify_audit_log
+from approvals.policies.policy_file import LoadedPolicies, evaluate, parse_policies
 
 DEFAULT_DB = "bench_audit"
 SEED_VERSION = 1  # bump when the generated data changes, so --reuse reseeds
 RNG_SEED = 20261127
 # A fixed test key: the seeded checkpoints are signed with it and verified against it.
 CHECKPOINT_SEED = hashlib.sha256(b"bench/audit.py checkpoint key").digest()
-CHECKPOINT_LAG = dt.timedelta(seconds=30)  # approvals.checkpoints.DEFAULT_LAG
+CHECKPOINT_LAG = dt.timedelta(seconds=30)  # approvals.audit.checkpoints.DEFAULT_LAG
 TARGET_VERIFY_EPS = 200_000
 TARGET_QUERY_P95_MS = 200.0
 TARGET_EXPORT_CPS = 10_000
 PAGE_LIMIT = 100  # GET /v1/audit/chains default limit
-EXPORT_PAGE = 500  # approvals.chains.PAGE
+EXPORT_PAGE = 500  # approvals.audit.chains.PAGE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class World:
 
 
 def hexid(rng: random.Random, prefix: str) -> str:
-    """approvals.keys.new_id's shape (prefix + 24 hex digits), from a seeded generator."""
+    """approvals.identity.keys.new_id's shape (prefix + 24 hex digits), from a seeded generator."""
     return f"{prefix}{rng.getrandbits(96):024x}"
 
 
@@ -1122,7 +1122,7 @@ class Figures:
 
 
 async def measure_verify(engine: AsyncEngine, key: CheckpointKey) -> dict[str, Any]:
-    """`approvals audit verify`: approvals.log_verification.verify_audit_log, as the CLI runs it
+    """`approvals audit verify`: approvals.audit.verification.verify_audit_log, as the CLI runs it
     (chains and checkpoints side by side on two connections; PostgreSQL hashes the log), then the
     same with --in-process (every hash recomputed in this process) for comparison."""
     async with engine.connect() as one, engine.connect() as two:  # the two sessions it will use
@@ -1319,7 +1319,7 @@ def baseline_query(libpq: str, values: Values, samples: int, rng: random.Random)
 
 async def measure_export(engine: AsyncEngine, limit: int) -> dict[str, Any]:
     """`approvals audit export --format jsonl`: the population, then every chain as PostgreSQL writes
-    it (approvals.chain_json), in pages; and the same chains assembled in Python (approvals.chains
+    it (approvals.audit.chain_json), in pages; and the same chains assembled in Python (approvals.audit.chains
     and app.chain_formats.jsonl, what the chains API and CSV export do) for comparison."""
     wanted = ChainFilter()
     figures: dict[str, Any] = {}

@@ -15,19 +15,19 @@ What it does, in one run on one PostgreSQL server (the figures are printed as a 
    `expires_at` a second in the past), each with a callback URL. Seeding is bulk `COPY`, not the create
    path (which would take minutes), but it writes what `create_request` writes: the request row as it
    stores it (policy, rule snapshot, payload hash) and the request's audit chain genesis, the
-   `request_created` and `policy_evaluated` events hash-chained with `approvals.audit.event_hash`, and its
+   `request_created` and `policy_evaluated` events hash-chained with `approvals.audit.events.event_hash`, and its
    `chain_heads` row. (Not the `slack_notify` outbox row: Slack is off here.) The same rows are copied
    into a plain table `bench_baseline_requests` (same columns, same indexes) in the same database.
    - baseline: a bare loop of `UPDATE ... FROM (SELECT ... ORDER BY expires_at LIMIT 500 FOR NO KEY
      UPDATE SKIP LOCKED)` transactions on that copy, through the same stack (SQLAlchemy async, psycopg 3),
      until nothing is due: the least any expiry sweep must do;
    - service: `app.scheduler.expire_requests_job`, the scheduler's own job (batches of 500 through
-     `approvals.requests.expire_due_requests`, set-based per batch: the conditional UPDATE … RETURNING,
+     `approvals.requests.use_cases.expire_due_requests`, set-based per batch: the conditional UPDATE … RETURNING,
      each `request_expired` event appended to its chain, the `slack_update` and `callback` outbox
      rows), on a real
      `Container` built by `app.bootstrap.build_container`, with outbox delivery held back so that only
      expiry is measured.
-   Then `approvals.audit.verify_all` recomputes every chain (unless --skip-verify).
+   Then `approvals.audit.events.verify_all` recomputes every chain (unless --skip-verify).
 2. **Callback deliveries.** The expiry left one `callback` outbox row per request and one `slack_update`
    row. Slack is off here, so no handler would ever take the latter: they are marked done first, as they
    would be once delivered with Slack on (--keep-slack-rows leaves them pending, as a Slack-less
@@ -115,13 +115,13 @@ from app.dispatcher import OutboxDispatcher
 from app.logs import configure_logging
 from app.migrate import upgrade_to_head
 from app.scheduler import expire_requests_job
-from approvals.agents import add_agent
-from approvals.audit import GENESIS_HASH, canonical_json, canonical_text, event_hash, verify_all
+from approvals.audit.events import GENESIS_HASH, canonical_json, canonical_text, event_hash, verify_all
 from approvals.db import db_now
-from approvals.keys import new_id
-from approvals.policies import evaluate, load_policies
-from approvals.policy_versions import ActivePolicies, record_policy_version
-from approvals.requests import NewRequest
+from approvals.identity.agents import add_agent
+from approvals.identity.keys import new_id
+from approvals.policies.policy_file import evaluate, load_policies
+from approvals.policies.versions import ActivePolicies, record_policy_version
+from approvals.requests.use_cases import NewRequest
 
 HERE = Path(__file__).resolve().parent
 EXPIRY_DB = "bench_expiry"

@@ -35,8 +35,8 @@ from app.embedded_postgres import embedded_database_url
 from app.migrate import upgrade_to_head
 from app.tasks import drain_background_tasks
 from app.web import build_app
-from approvals.agents import add_agent
-from approvals.policies import parse_policies
+from approvals.identity.agents import add_agent
+from approvals.policies.policy_file import parse_policies
 from approvals.tables import audit_events
 from tests.receiver import Receiver
 
@@ -47,7 +47,7 @@ REQUIRE_POSTGRES = os.environ.get("APPROVALS_TEST_REQUIRE_POSTGRES") == "1"
 EMBEDDED_TEST_SERVER = Path(tempfile.gettempdir()) / "approvals-test-postgres" / "data"
 ROOT = Path(__file__).resolve().parent.parent
 # The real CLI, as a subprocess runs it.
-APPROVALS = [sys.executable, "-m", "app.cli"]
+APPROVALS = [sys.executable, "-m", "app.cli.main"]
 
 TEST_CHECKPOINT_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31: a test-only key
 TEST_POLICIES = """
@@ -306,7 +306,7 @@ async def run_cli(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli",
+        "app.cli.main",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

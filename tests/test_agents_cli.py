@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from app.database import build_engine
-from approvals.agents import authenticate
 from approvals.errors import Unauthenticated
+from approvals.identity.agents import authenticate
 from approvals.tables import api_keys
 from tests.conftest import APPROVALS
 

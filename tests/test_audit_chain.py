@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from approvals.audit import GENESIS_HASH, append_event, event_hash, verify_chain
+from approvals.audit.events import GENESIS_HASH, append_event, event_hash, verify_chain
 from approvals.tables import audit_events
 from tests.conftest import Api, offer
 

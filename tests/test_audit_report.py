@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text, update
 
 from app.audit_report import render_report
-from app.cli import main
-from approvals.decisions import Click, Clicker, Refused, record_click
-from approvals.report_data import decision_histogram, gather_report, read_only_snapshot
-from approvals.requests import expire_due_requests
+from app.cli.main import main
+from approvals.audit.report_figures import decision_histogram, gather_report, read_only_snapshot
+from approvals.requests.decisions import Click, Clicker, Refused, record_click
+from approvals.requests.use_cases import expire_due_requests
 from approvals.tables import requests
 from tests.conftest import Api, offer, run_cli
 

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from app.cli import COMMANDS, main
+from app.cli.main import COMMANDS, main
 
 HEAVY = (
     "sqlalchemy",
@@ -27,7 +27,7 @@ HEAVY = (
 def test_help_imports_none_of_the_commands_dependencies() -> None:
     probe = (
         "import sys\n"
-        "from app.cli import main\n"
+        "from app.cli.main import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import insert, text
 
 from app.chain_formats import compact_json
-from approvals.auditors import add_auditor_key
-from approvals.chain_json import iter_chain_texts
-from approvals.chains import ChainFilter, iter_chains
-from approvals.decisions import Click, Clicker, record_click
+from approvals.audit.chain_json import iter_chain_texts
+from approvals.audit.chains import ChainFilter, iter_chains
+from approvals.identity.auditors import add_auditor_key
+from approvals.requests.decisions import Click, Clicker, record_click
 from approvals.tables import delivery_attempts, slack_messages
 from tests.conftest import Api, offer, run_cli
 
@@ -273,7 +273,7 @@ async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_buil
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`approvals audit export` has the database write each chain's JSON; every byte
-    of it must be what app.chain_formats.jsonl writes for approvals.chains' dict of the chain."""
+    of it must be what app.chain_formats.jsonl writes for approvals.audit.chains' dict of the chain."""
     ids = await _seed(api)
     odd = offer(
         title='Zoë\'s "offer" <b>&\\ \u2028 tab\there',
@@ -330,8 +330,8 @@ async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_buil
                 ]
             ],
         )
-    monkeypatch.setattr("approvals.chains.PAGE", 2)
-    monkeypatch.setattr("approvals.chain_json.PAGE", 2)
+    monkeypatch.setattr("approvals.audit.chains.PAGE", 2)
+    monkeypatch.setattr("approvals.audit.chain_json.PAGE", 2)
     for wanted in (ChainFilter(), ChainFilter(status="pending"), ChainFilter(policy="send_offer_letter")):
         async with api.container.engine.connect() as conn:
             built = [compact_json(chain) async for chain in iter_chains(conn, wanted)]

@@ -36,14 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.database import build_engine
 from app.dispatcher import Settlement
 from app.sandbox.slack_api import SandboxSlack
-from approvals.agents import add_agent
-from approvals.outbox import CALLBACK, SLACK_POST, Claimed
+from approvals.delivery.outbox import CALLBACK, SLACK_POST, Claimed
+from approvals.identity.agents import add_agent
 from approvals.tables import delivery_attempts, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import ROOT, _clear_postgres, clean_environment, free_port, offer, stop_process
 from tests.eventually import eventually
 from tests.slack_helpers import SIGNING_SECRET, USERS, SlackApi, block_actions, signed_headers, slack_service
 
-SERVE = [sys.executable, "-m", "app.cli", "serve"]
+SERVE = [sys.executable, "-m", "app.cli.main", "serve"]
 KILLED = -signal.SIGKILL
 
 

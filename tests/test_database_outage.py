@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.database import build_engine
 from app.migrate import upgrade_to_head
 from app.sandbox.slack_api import TEAM_ID, SandboxSlack
-from approvals.agents import add_agent
+from approvals.identity.agents import add_agent
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks, slack_messages
 from tests.conftest import (
     FINAL_KINDS,
@@ -458,7 +458,7 @@ async def test_the_service_rides_out_a_database_restart_and_crash_losing_nothing
     assert '"unhandled_error"' not in log
     verify = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "app.cli", "audit", "verify", "--json"],
+        [sys.executable, "-m", "app.cli.main", "audit", "verify", "--json"],
         cwd=ROOT,
         env=outage.env(),
         capture_output=True,

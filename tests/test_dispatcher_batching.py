@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import event
 
 from approvals.db import db_now
-from approvals.outbox import CALLBACK, enqueue_many, outbox_row
+from approvals.delivery.outbox import CALLBACK, enqueue_many, outbox_row
 from tests.conftest import Api, offer
 from tests.receiver import Receiver
 

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from approvals.audit import verify_all
+from approvals.audit.events import verify_all
 from approvals.db import db_now, insert_many, insert_many_ignoring_conflict
-from approvals.decisions import Click, Clicker, Recorded, record_click
-from approvals.outbox import outbox_row
-from approvals.requests import expire_due_requests
+from approvals.delivery.outbox import outbox_row
+from approvals.requests.decisions import Click, Clicker, Recorded, record_click
+from approvals.requests.use_cases import expire_due_requests
 from approvals.tables import audit_events, chain_heads, outbox, requests
 from tests.conftest import Api, final_events_per_chain, offer
 

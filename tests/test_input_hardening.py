@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from app.chain_formats import csv_safe
 from app.ssrf import CallbackAllowList, is_public
-from approvals.auditors import add_auditor_key
+from approvals.identity.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, outbox, requests, slack_clicks
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
 from tests.receiver import Receiver

@@ -1,9 +1,9 @@
-"""Intake on PostgreSQL hashes a new request's events in the database (approvals.intake_sql).
+"""Intake on PostgreSQL hashes a new request's events in the database (approvals.requests.intake_statement).
 
 What PostgreSQL writes there must be, byte for byte, what Python's event_hash would have written:
 the parts Python sends around the database's clock and the previous hash, the clock's text forms,
 and every request shape intake has (pending, decided by policy, with an Idempotency-Key). Each
-stored event is re-hashed here by approvals.audit.event_hash and both verification paths agree.
+stored event is re-hashed here by approvals.audit.events.event_hash and both verification paths agree.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
-from approvals.audit import (
+from approvals.audit.events import (
     DATA_KEY,
     _event_body,
     body_parts,
@@ -28,8 +28,8 @@ from approvals.audit import (
     format_time,
     verify_all,
 )
-from approvals.audit_sql import event_time_text
-from approvals.intake_sql import isoformat_text
+from approvals.audit.findings_sql import event_time_text
+from approvals.requests.intake_statement import isoformat_text
 from approvals.tables import audit_events, requests
 from tests.conftest import Api, offer
 

@@ -15,7 +15,14 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from approvals.db import db_now
-from approvals.outbox import CALLBACK, SLACK_NOTIFY, SLACK_UPDATE, claim_due, enqueue_many, outbox_row
+from approvals.delivery.outbox import (
+    CALLBACK,
+    SLACK_NOTIFY,
+    SLACK_UPDATE,
+    claim_due,
+    enqueue_many,
+    outbox_row,
+)
 from approvals.tables import outbox
 from tests.conftest import Api, offer
 from tests.receiver import Receiver

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from approvals.policies import (
+from approvals.policies.policy_file import (
     Approvers,
     MfaRule,
     PolicyError,

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from app.migrate import alembic_config
 from app.scheduler import reminders_job
-from approvals.reminders import schedule_missing_reminders, send_due_reminders
+from approvals.requests.reminders import schedule_missing_reminders, send_due_reminders
 from approvals.tables import audit_events, requests
 from tests.conftest import offer
 from tests.eventually import eventually

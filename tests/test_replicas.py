@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from app.database import build_engine
 from app.migrate import upgrade_to_head
 from app.sandbox.slack_api import SandboxSlack
-from approvals.agents import add_agent
-from approvals.audit import verify_all
+from approvals.audit.events import verify_all
+from approvals.identity.agents import add_agent
 from approvals.tables import audit_events, requests, slack_messages
 from tests.conftest import (
     TEST_CHECKPOINT_KEY,
@@ -77,7 +77,10 @@ async def cluster(replica_database: str, tmp_path: Path) -> AsyncIterator[dict[s
             log = (tmp_path / f"replica{index}.log").open("w")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+                    [sys.executable, "-m", "app.cli.main", "serve"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             )
         try:

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider
-from approvals.audit import verify_all
-from approvals.principals import NotAPrincipal, parse_requester
+from approvals.audit.events import verify_all
+from approvals.requests.principals import NotAPrincipal, parse_requester
 from approvals.tables import audit_events, decisions, requests, step_up_intents
 from tests.conftest import Api, offer, start_service
 from tests.eventually import eventually
@@ -128,7 +128,7 @@ async def test_on_behalf_of_that_is_no_email_or_slack_id_is_refused_with_422(api
 
 
 def test_invisible_characters_are_named_in_the_refusal_not_stripped() -> None:
-    from approvals.principals import NotAPrincipal, clicker_mailbox, parse_requester
+    from approvals.requests.principals import NotAPrincipal, clicker_mailbox, parse_requester
 
     with pytest.raises(NotAPrincipal, match="U\\+200B ZERO WIDTH SPACE"):
         parse_requester("recru\u200biter@example.com")

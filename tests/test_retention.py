@@ -20,11 +20,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.audit import NewEvent, append_event, append_events, verify_all
-from approvals.checkpoints import create_checkpoint, verify_checkpoints
+from approvals.audit.checkpoints import create_checkpoint, verify_checkpoints
+from approvals.audit.events import NewEvent, append_event, append_events, verify_all
+from approvals.audit.retention import PurgeBatch, purge_batch, purge_boundary
 from approvals.db import db_now
 from approvals.errors import InvalidInput
-from approvals.retention import PurgeBatch, purge_batch, purge_boundary
 from approvals.tables import (
     agents,
     audit_events,

@@ -25,14 +25,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.database import build_engine
-from approvals.audit import GENESIS_HASH, NewEvent, append_events
-from approvals.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint, latest_checkpoint
+from approvals.audit.checkpoints import SCHEME_DIGEST, checkpoint_body, create_checkpoint, latest_checkpoint
+from approvals.audit.consistency import check_consistency
+from approvals.audit.events import GENESIS_HASH, NewEvent, append_events
+from approvals.audit.retention import purge_batch, purge_boundary
+from approvals.audit.verification import verify_audit_log
 from approvals.db import db_now
-from approvals.decisions import Click, Clicker, record_click
-from approvals.log_consistency import check_consistency
-from approvals.log_verification import verify_audit_log
-from approvals.requests import expire_due_requests
-from approvals.retention import purge_batch, purge_boundary
+from approvals.requests.decisions import Click, Clicker, record_click
+from approvals.requests.use_cases import expire_due_requests
 from approvals.tables import agents, audit_checkpoints, decisions, requests
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
 from tests.eventually import eventually

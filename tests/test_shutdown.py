@@ -47,7 +47,7 @@ def _serve(database_url: str, logs: Path) -> tuple[subprocess.Popen[bytes], int,
     out, err = logs / "serve.out", logs / "serve.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
+            [sys.executable, "-m", "app.cli.main", "serve"], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
         )
     return proc, port, out, err
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from approvals.auditors import add_auditor_key
+from approvals.identity.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, slack_clicks
 from tests.conftest import TEST_POLICIES, offer
 from tests.eventually import eventually

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from app.database import build_engine
-from approvals.agents import add_agent, authenticate
-from approvals.audit import verify_all
+from approvals.audit.events import verify_all
 from approvals.errors import Conflict
-from approvals.policies import parse_policies
-from approvals.policy_versions import record_policy_version
-from approvals.requests import (
+from approvals.identity.agents import add_agent, authenticate
+from approvals.policies.policy_file import parse_policies
+from approvals.policies.versions import record_policy_version
+from approvals.requests.use_cases import (
     NewRequest,
     Outcome,
     cancel_request,
@@ -55,7 +55,7 @@ async def _scenario(database_url: str, action: str, ops: list[str]) -> tuple[str
                 key = None
         if key is None:
             async with engine.begin() as conn:
-                from approvals.agents import rotate_agent_key
+                from approvals.identity.agents import rotate_agent_key
 
                 key = await rotate_agent_key(conn, name="sm-bot")
         async with engine.connect() as conn:

@@ -18,7 +18,7 @@ from aiohttp import ClientSession
 from sqlalchemy import func, select, update
 
 from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider, Login
-from approvals.auditors import add_auditor_key
+from approvals.identity.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
 from tests.conftest import TEST_POLICIES, free_port, run_cli
 from tests.eventually import eventually

@@ -17,11 +17,16 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import approvals.checkpoints as checkpoints_module
-from approvals.audit import CONTENT_CHANGED, GENESIS_HASH, NewEvent, append_events, verify_all
-from approvals.audit_sql import chain_findings
-from approvals.checkpoints import SCHEME_STEPWISE, checkpoint_body, create_checkpoint, verify_checkpoints
-from approvals.log_verification import verify_audit_log
+import approvals.audit.checkpoints as checkpoints_module
+from approvals.audit.checkpoints import (
+    SCHEME_STEPWISE,
+    checkpoint_body,
+    create_checkpoint,
+    verify_checkpoints,
+)
+from approvals.audit.events import CONTENT_CHANGED, GENESIS_HASH, NewEvent, append_events, verify_all
+from approvals.audit.findings_sql import chain_findings
+from approvals.audit.verification import verify_audit_log
 from approvals.tables import audit_checkpoints, audit_events
 from tests.conftest import Api, run_cli
 

@@ -22,9 +22,9 @@ from app.config import ConfigError, load_settings
 from app.delivery.webhooks import sign
 from app.sandbox.slack_api import SandboxSlack
 from app.witnesses import SLACK_MARKER, WitnessFile, remote_witness_kinds
-from approvals.checkpoints import create_checkpoint
+from approvals.audit.checkpoints import create_checkpoint
+from approvals.audit.witnessing import RECORD_TYPE, WITNESS_HTTP, queue_publication
 from approvals.tables import outbox
-from approvals.witnessing import RECORD_TYPE, WITNESS_HTTP, queue_publication
 from tests.conftest import Api, offer, run_cli, start_service, stop_service
 from tests.receiver import Receiver
 

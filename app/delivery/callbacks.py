@@ -16,8 +16,8 @@ from app.delivery.webhooks import PinnedSessions, deliver, next_retry_delay
 from app.dispatcher import Settlement
 from app.metrics import Metrics
 from app.ssrf import CallbackAllowList
-from approvals.outbox import CALLBACK, Claimed
-from approvals.request_views import DECISION_VIEW_COLUMNS, VIEW_COLUMNS, render_request
+from approvals.delivery.outbox import CALLBACK, Claimed
+from approvals.requests.views import DECISION_VIEW_COLUMNS, VIEW_COLUMNS, render_request
 from approvals.tables import agents, decisions, delivery_attempts, requests
 
 

@@ -42,7 +42,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from app.ssrf import CallbackAllowList, IPAddress, is_public, resolve
-from approvals.keys import WEBHOOK_SECRET_PREFIX
+from approvals.identity.keys import WEBHOOK_SECRET_PREFIX
 
 SIGNATURE_VERSION = "v1"
 USER_AGENT = "approvals-webhooks/1"

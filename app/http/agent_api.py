@@ -19,12 +19,12 @@ from app.http.context import container_of
 from app.http.errors import HttpError
 from app.http.schemas import CreateRequestBody, OutcomeBody, parse_body
 from app.ssrf import check_callback_url
-from approvals.agents import Principal
 from approvals.errors import DomainError, InvalidInput
-from approvals.lifecycle import FINAL
-from approvals.policies import evaluate
-from approvals.principals import Requester
-from approvals.requests import (
+from approvals.identity.agents import Principal
+from approvals.policies.policy_file import evaluate
+from approvals.requests.lifecycle import FINAL
+from approvals.requests.principals import Requester
+from approvals.requests.use_cases import (
     Created,
     KeyInUse,
     NewRequest,

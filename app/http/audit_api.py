@@ -18,7 +18,7 @@ from app.chain_formats import (
 )
 from app.http.auth import principal_for
 from app.http.context import container_of
-from approvals.chains import chain_page, count_chains, get_chain
+from approvals.audit.chains import chain_page, count_chains, get_chain
 from approvals.errors import InvalidInput
 
 MAX_LIMIT = 1000

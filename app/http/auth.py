@@ -8,9 +8,9 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.http.body import refuse_unstorable_url
-from approvals.agents import Principal, authenticate
 from approvals.errors import Forbidden, Unauthenticated
-from approvals.keys import hash_api_key, is_well_formed_key
+from approvals.identity.agents import Principal, authenticate
+from approvals.identity.keys import hash_api_key, is_well_formed_key
 
 # A revoked or expired key keeps working in a process for at most this long after it changed.
 KEY_CACHE_SECONDS = 5.0

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.config import MAX_BODY_BYTES
 from app.http.schemas import CreateRequestBody, OutcomeBody
-from approvals.lifecycle import STATUSES
+from approvals.requests.lifecycle import STATUSES
 
 ERROR_SCHEMA = {
     "type": "object",

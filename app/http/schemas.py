@@ -38,7 +38,7 @@ def check_http_url(value: str) -> str:
 Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_http_url)]
 
 
-# Which forms are accepted, and why, is approvals.principals's (NewRequest.identity, at intake).
+# Which forms are accepted, and why, is approvals.requests.principals's (NewRequest.identity, at intake).
 RequesterText = Annotated[
     str,
     Field(

@@ -19,7 +19,7 @@ import jwt
 
 from app.oidc.provider import OidcProvider
 from app.storable_text import unstorable
-from approvals.step_up import IDP_CLOCK_SKEW, FailureReason, MfaRequirement, VerifiedLogin
+from approvals.identity.step_up import IDP_CLOCK_SKEW, FailureReason, MfaRequirement, VerifiedLogin
 
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}

@@ -6,8 +6,8 @@ import html
 
 from aiohttp import web
 
-from approvals.lifecycle import Status
-from approvals.step_up import FailureReason
+from approvals.identity.step_up import FailureReason
+from approvals.requests.lifecycle import Status
 
 # Every failure names what the approver can do next; none of them recorded a decision.
 FAILURE_PAGES: dict[FailureReason, tuple[int, str, str]] = {

@@ -25,7 +25,7 @@ from app.oidc.id_tokens import TokenRejected, verify_id_token
 from app.oidc.pages import failure_page, page, success_page
 from app.oidc.provider import IdpUnreachable, OidcProvider, TokenEndpointRefused
 from app.storable_text import unstorable
-from approvals.step_up import (
+from approvals.identity.step_up import (
     FailureReason,
     Intent,
     StepUpFailure,

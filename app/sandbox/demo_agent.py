@@ -24,9 +24,9 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from approvals import agents as agent_cases
 from approvals.errors import Conflict
-from approvals.lifecycle import Status
+from approvals.identity import agents as agent_cases
+from approvals.requests.lifecycle import Status
 
 NAME = "sandbox-demo-agent"
 OWNER = "recruiter@example.com"

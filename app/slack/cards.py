@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, ActionId, CallbackId
-from approvals.lifecycle import Status
+from approvals.requests.lifecycle import Status
 
 Block = dict[str, Any]
 

@@ -26,7 +26,18 @@ from app.oidc.routes import step_up_url
 from app.slack.cards import ephemeral_text, step_up_prompt
 from app.slack.directory import SlackDirectory, UnknownSlackUser
 from approvals.db import db_now
-from approvals.decisions import (
+from approvals.errors import NotFound
+from approvals.identity.step_up import Held, MfaRequirement, fresh_evidence, hold_click, new_intent_id
+from approvals.requests.click_inbox import (
+    NewClick,
+    claim_click,
+    count_attempt,
+    finish_click,
+    read_click,
+    store_clicks,
+    stranded_clicks,
+)
+from approvals.requests.decisions import (
     Click,
     Clicker,
     Duplicate,
@@ -38,17 +49,6 @@ from approvals.decisions import (
     record_click,
     refuse,
 )
-from approvals.errors import NotFound
-from approvals.inbox import (
-    NewClick,
-    claim_click,
-    count_attempt,
-    finish_click,
-    read_click,
-    store_clicks,
-    stranded_clicks,
-)
-from approvals.step_up import Held, MfaRequirement, fresh_evidence, hold_click, new_intent_id
 from approvals.tables import requests
 
 log = structlog.get_logger("approvals.slack")

@@ -17,16 +17,16 @@ from app.dispatcher import Settlement, backoff
 from app.metrics import Metrics
 from app.slack.cards import build_card
 from app.slack.directory import SlackDirectory
-from approvals.decisions import approver_ids
-from approvals.notifications import (
+from approvals.delivery.notifications import (
     card_destinations,
     message_for,
     messages_of,
     record_message,
     record_notification_failure,
 )
-from approvals.outbox import SLACK_POST, Claimed, enqueue
-from approvals.request_views import load_request_view
+from approvals.delivery.outbox import SLACK_POST, Claimed, enqueue
+from approvals.requests.decisions import approver_ids
+from approvals.requests.views import load_request_view
 from approvals.tables import agents, outbox, requests
 
 log = structlog.get_logger("approvals.slack")

@@ -9,7 +9,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from approvals.decisions import Clicker
+from approvals.requests.decisions import Clicker
 
 # Group membership may change at any time: never trust an answer older than this.
 GROUP_CACHE_SECONDS = 60.0

@@ -21,8 +21,8 @@ from app.slack.clicks import ClickProcessor
 from app.slack.directory import SlackDirectory
 from app.slack.ids import MAX_REASON, REASON_BLOCK, REASON_INPUT, SLASH_COMMAND, ActionId, CallbackId
 from app.storable_text import unstorable
-from approvals.decisions import approver_ids
-from approvals.queues import pending_requests
+from approvals.requests.awaiting import pending_requests
+from approvals.requests.decisions import approver_ids
 
 log = structlog.get_logger("approvals.slack")
 REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")

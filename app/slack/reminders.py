@@ -12,10 +12,10 @@ from app.dispatcher import Settlement
 from app.slack.cards import escape_mrkdwn
 from app.slack.delivery import classify
 from app.slack.directory import SlackDirectory
-from approvals.decisions import approver_ids
-from approvals.lifecycle import Status
-from approvals.notifications import messages_of
-from approvals.outbox import Claimed, enqueue
+from approvals.delivery.notifications import messages_of
+from approvals.delivery.outbox import Claimed, enqueue
+from approvals.requests.decisions import approver_ids
+from approvals.requests.lifecycle import Status
 from approvals.tables import decisions, requests
 
 SLACK_REMIND_DM = "slack_remind_dm"

@@ -18,8 +18,8 @@ from app.slack.delivery import SlackDelivery
 from app.slack.directory import SlackDirectory
 from app.slack.reminders import SLACK_REMIND_DM, SlackReminders
 from app.waiters import RequestWaiters
-from approvals.outbox import SLACK_NOTIFY, SLACK_POST, SLACK_UPDATE
-from approvals.reminders import SLACK_REMIND
+from approvals.delivery.outbox import SLACK_NOTIFY, SLACK_POST, SLACK_UPDATE
+from approvals.requests.reminders import SLACK_REMIND
 
 SLACK_TIMEOUT_SECONDS = 10
 

@@ -1,0 +1,1 @@
+"""The `approvals` command line: one module per command group, imported only when that group runs."""

@@ -1,0 +1,1 @@
+"""Side effects after a state change: the outbox, and where a request was shown to people."""
