@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from app.http.context import container_of
@@ -24,7 +27,23 @@ async def healthz(request: web.Request) -> web.Response:
 # A database that hangs (frozen server, network partition) rather than refusing must still turn
 # /readyz to 503, and quickly: a load balancer's probe gives up after a few seconds.
 READY_TIMEOUT_SECONDS = 5.0
-_PROBE: web.AppKey[asyncio.Task[Any]] = web.AppKey("readiness_probe", asyncio.Task)
+
+
+@dataclass
+class _ProbeSlot:
+    """The readiness check in flight, if any: one per application, made when the routes are added."""
+
+    task: asyncio.Task[Any] | None = None
+
+
+_PROBE: web.AppKey[_ProbeSlot] = web.AppKey("readiness_probe", _ProbeSlot)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A connect or pool-checkout timeout: the server is there but does not answer (not refusing)."""
+    if isinstance(exc, sa_exc.TimeoutError | TimeoutError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and isinstance(exc.orig, psycopg.errors.ConnectionTimeout)
 
 
 async def _probe_database(container: Any) -> Any:
@@ -41,11 +60,13 @@ async def readyz(request: web.Request) -> web.Response:
     instead of starting another, so a frozen database costs one connection, not one per probe.
     """
     container = container_of(request)
-    probe = request.app.get(_PROBE)
-    if probe is None or probe.done():
-        probe = request.app[_PROBE] = asyncio.get_running_loop().create_task(_probe_database(container))
+    slot = request.app[_PROBE]
+    if slot.task is None or slot.task.done():
+        slot.task = asyncio.get_running_loop().create_task(_probe_database(container))
+    probe = slot.task
     done, _ = await asyncio.wait({probe}, timeout=READY_TIMEOUT_SECONDS)
-    if not done:
+    # A probe that gave up on its own connect timeout (racing ours) means the same as ours running out.
+    if not done or _timed_out(probe.exception() or Exception()):
         return web.json_response(
             {
                 "status": "unavailable",
@@ -137,6 +158,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application) -> None:
+    app[_PROBE] = _ProbeSlot()
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
