@@ -32,7 +32,7 @@ def async_url(url: str) -> str:
 PING_IDLE_SECONDS = 1.0
 
 
-def _ping_when_idle(engine: AsyncEngine) -> None:
+def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine.pool, "checkin")
@@ -42,7 +42,7 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine.pool, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         idle_since = record.info.get("idle_since")
-        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_SECONDS:
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return  # a new connection, or one just used
         try:
             alive = sync_engine.dialect.do_ping(dbapi_connection)
@@ -52,11 +52,18 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise InvalidatePoolError("ping failed")
 
 
-def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: Any) -> AsyncEngine:
+def build_engine(
+    url: str,
+    *,
+    statement_timeout_seconds: float = 0,
+    ping_idle_seconds: float = PING_IDLE_SECONDS,
+    **kwargs: Any,
+) -> AsyncEngine:
     """An engine on psycopg's async driver.
 
     `statement_timeout_seconds` bounds every statement of every connection (set when the connection
-    opens, so it costs no round trip; see app.statement_timeout for the way out of it).
+    opens, so it costs no round trip; see app.statement_timeout for the way out of it). A pooled
+    connection idle for `ping_idle_seconds` or longer is pinged before it is handed out.
     """
     # JSON columns hold canonical JSON (sorted keys, no spaces): an audit event's data is then stored
     # as the exact text its hash covers, which lets verification hash it where it lies.
@@ -76,7 +83,7 @@ def build_engine(url: str, *, statement_timeout_seconds: float = 0, **kwargs: An
         connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
     kwargs.setdefault("connect_args", connect_args)
     engine = create_async_engine(async_url(url), **kwargs)
-    _ping_when_idle(engine)
+    _ping_when_idle(engine, ping_idle_seconds)
     return engine
 
 

@@ -96,27 +96,38 @@ async def test_cancel_and_outcome_each_produce_a_callback(cb_api: Api, receiver:
     assert types == ["request.approved", "request.cancelled", "request.outcome"]
 
 
-async def test_a_callback_that_now_resolves_privately_is_not_sent(
+async def test_a_callback_no_longer_allowed_at_send_time_is_not_sent(
     database_url: str, receiver: Receiver
 ) -> None:
-    """DNS rebinding: allowed when accepted, the send-time check refuses once the allowance is gone."""
+    """DNS rebinding: a URL allowed when the request was accepted is checked again before every send.
+
+    The first service allows 127.0.0.1 and accepts the request; its callback fails once (500). The
+    service then restarts without that allowance: the retry is refused before anything is sent.
+    """
+    receiver.statuses = [500]
     container, server = await start_service(database_url, callback_allow_hosts=["127.0.0.1"])
     try:
         async with ClientSession() as session:
             api = Api(session=session, base=str(server.make_url("")), key="", container=container)
             api.key = await api.add_agent("cb-bot", ["read_*"])
-            from app.ssrf import CallbackAllowList
-
-            # The dispatcher's handler holds its own reference: swap the allow list it checks against.
-            handler = container.dispatcher._handlers["callback"].__self__  # type: ignore[attr-defined]
-            handler._allow = CallbackAllowList.parse([])
             created = await (
                 await api.post("/v1/requests", offer(action="read_x", callback_url=receiver.url()))
             ).json()
-            await container.dispatcher.run_until_idle()
-            view = await (await api.get(f"/v1/requests/{created['id']}")).json()
-        assert receiver.received == []
-        [attempt] = [d for d in view["deliveries"] if d["kind"] == "callback"]
-        assert attempt["result"] == "failed"
+            await receiver.wait_for(1)
+            await container.dispatcher.run_until_idle()  # the failed attempt is recorded
     finally:
         await stop_service(container, server)
+
+    container, server = await start_service(database_url, callback_allow_hosts=[])
+    try:
+        async with ClientSession() as session:
+            api = Api(session=session, base=str(server.make_url("")), key=api.key, container=container)
+            await _make_due(api)
+            await container.dispatcher.run_until_idle()
+            view = await (await api.get(f"/v1/requests/{created['id']}")).json()
+    finally:
+        await stop_service(container, server)
+    assert len(receiver.received) == 1
+    attempts = [d for d in view["deliveries"] if d["kind"] == "callback"]
+    assert [(a["status_code"], a["result"]) for a in attempts] == [(500, "retry"), (None, "failed")]
+    assert "non-public" in attempts[1]["error"]

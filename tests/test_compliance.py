@@ -269,9 +269,7 @@ async def test_a_swapped_checkpoint_differs_from_the_exported_one(
     assert "differs from the exported one" in json.loads(result.stdout)["checkpoint_problem"]["problem"]
 
 
-async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_builds_it(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_builds_it(api: Api) -> None:
     """`approvals audit export` has the database write each chain's JSON; every byte
     of it must be what app.chain_formats.jsonl writes for approvals.audit.chains' dict of the chain."""
     ids = await _seed(api)
@@ -330,17 +328,18 @@ async def test_postgres_writes_each_exported_chain_exactly_as_the_chain_api_buil
                 ]
             ],
         )
-    monkeypatch.setattr("approvals.audit.chains.PAGE", 2)
-    monkeypatch.setattr("approvals.audit.chain_json.PAGE", 2)
+    # Pages of two: every listing below spans several pages, and their seams must not show.
     for wanted in (ChainFilter(), ChainFilter(status="pending"), ChainFilter(policy="send_offer_letter")):
         async with api.container.engine.connect() as conn:
-            built = [compact_json(chain) async for chain in iter_chains(conn, wanted)]
-            written = [chain async for chain in iter_chain_texts(conn, wanted)]
+            built = [compact_json(chain) async for chain in iter_chains(conn, wanted, page=2)]
+            written = [chain async for chain in iter_chain_texts(conn, wanted, page=2)]
             async with api.container.engine.connect() as one, api.container.engine.connect() as two:
                 # as the CLI exports: pages written on two other sessions, handed out in order
-                in_parallel = [chain async for chain in iter_chain_texts(conn, wanted, builders=[one, two])]
+                in_parallel = [
+                    chain async for chain in iter_chain_texts(conn, wanted, builders=[one, two], page=2)
+                ]
                 # An export stopped early (pages still being written) leaves every session usable.
-                stopped = iter_chain_texts(conn, wanted, builders=[one, two])
+                stopped = iter_chain_texts(conn, wanted, builders=[one, two], page=2)
                 assert await anext(stopped) == built[0]
                 await stopped.aclose()
                 assert [(await c.execute(text("SELECT 1"))).scalar() for c in (conn, one, two)] == [1, 1, 1]

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-import app.database
 from app.database import build_engine
 
 
@@ -21,16 +21,14 @@ def _terminate(database_url: str, pid: int) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
-async def _pid_of_pooled_connection(engine: object) -> int:
-    async with engine.connect() as conn:  # type: ignore[attr-defined]
+async def _pid_of_pooled_connection(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
         return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
 
 
-async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(app.database, "PING_IDLE_SECONDS", 0.0)  # every checkout counts as idle
-    engine = build_engine(database_url, pool_size=1, max_overflow=0)
+async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(database_url: str) -> None:
+    # Every checkout counts as idle.
+    engine = build_engine(database_url, ping_idle_seconds=0.0, pool_size=1, max_overflow=0)
     try:
         killed = await _pid_of_pooled_connection(engine)
         _terminate(database_url, killed)
@@ -40,11 +38,8 @@ async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(
         await engine.dispose()
 
 
-async def test_a_connection_just_used_is_not_pinged(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(app.database, "PING_IDLE_SECONDS", 3600.0)
-    engine = build_engine(database_url, pool_size=1, max_overflow=0)
+async def test_a_connection_just_used_is_not_pinged(database_url: str) -> None:
+    engine = build_engine(database_url, ping_idle_seconds=3600.0, pool_size=1, max_overflow=0)
     try:
         killed = await _pid_of_pooled_connection(engine)
         _terminate(database_url, killed)

@@ -8,7 +8,6 @@ tokens, PKCE, single-use codes) or, for one run, the third-party `oidc-provider-
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import ClientSession
 from sqlalchemy import func, select, update
 
+from app.oidc.provider import OidcProvider
 from app.sandbox.identity_provider import CLIENT_ID, CLIENT_SECRET, DevIdentityProvider, Login
 from approvals.identity.auditors import add_auditor_key
 from approvals.tables import audit_events, decisions, identity_links, step_up_intents, step_ups
@@ -323,32 +323,58 @@ async def test_tokens_with_wrong_claims_are_refused(m: Mfa, claims: dict[str, An
     assert [f["reason"] for f in await _events(m, request_id, "step_up_failed")] == [reason]
 
 
-async def test_a_rotated_key_is_fetched_once_and_unknown_kids_are_rate_limited(
-    m: Mfa, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unknown_kid_right_after_a_key_fetch_is_refused_without_asking_the_idp(m: Mfa) -> None:
     m.idp.next_login = COO
     assert (await _sign_in(m, await _held_link(m, await _request(m))))[0] == 200
     assert m.idp.jwks_calls == 1
-    async with m.api.container.engine.begin() as conn:  # no reuse: every request below needs a login
+    async with m.api.container.engine.begin() as conn:  # no reuse: the request below needs a login
         await conn.execute(step_ups.delete())
 
-    # A forged kid right after a fetch is refused without asking the IdP again.
     m.idp.token_mode = "unknown_kid"
     assert (await _sign_in(m, await _held_link(m, await _request(m), nth=2)))[0] == 403
     assert m.idp.jwks_calls == 1
 
-    # Later (the clock moves past the refetch interval) the IdP rotates its key: one refetch finds it.
-    real = time.monotonic
-    monkeypatch.setattr("app.oidc.provider.time.monotonic", lambda: real() + 120)
-    m.idp.token_mode = "rs256"
-    m.idp.rotate_key()
-    assert (await _sign_in(m, await _held_link(m, await _request(m), nth=3)))[0] == 200
-    assert m.idp.jwks_calls == 2
-    m.idp.token_mode = "unknown_kid"
-    async with m.api.container.engine.begin() as conn:
-        await conn.execute(step_ups.delete())
-    assert (await _sign_in(m, await _held_link(m, await _request(m), nth=4)))[0] == 403
-    assert m.idp.jwks_calls == 2
+
+@dataclass
+class ManualClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_rotated_key_is_fetched_once_the_refetch_interval_has_passed() -> None:
+    clock = ManualClock()
+    async with DevIdentityProvider() as idp:
+        provider = OidcProvider(
+            issuer=idp.issuer,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            refetch_interval=60,
+            clock=clock,
+        )
+        try:
+            assert await provider.signing_key(idp.kid) is not None
+            assert idp.jwks_calls == 1
+            assert await provider.signing_key("rogue") is None  # forged, right after a fetch
+            assert idp.jwks_calls == 1
+
+            idp.rotate_key()
+            clock.now += 59  # still within the interval: the new kid is not looked for yet
+            assert await provider.signing_key(idp.kid) is None
+            assert idp.jwks_calls == 1
+
+            clock.now += 2  # past it: one refetch finds the new key
+            found = await provider.signing_key(idp.kid)
+            assert found is not None
+            assert found.key.public_numbers() == idp.key.public_key().public_numbers()
+            assert idp.jwks_calls == 2
+            assert await provider.signing_key("rogue") is None  # and the next forged kid waits again
+            assert idp.jwks_calls == 2
+        finally:
+            await provider.close()
 
 
 async def test_a_replayed_callback_records_nothing_more(m: Mfa) -> None:

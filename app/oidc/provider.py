@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
@@ -51,11 +52,15 @@ class OidcProvider:
         client_id: str,
         client_secret: str | None,
         refetch_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.issuer = issuer
         self.client_id = client_id
         self._client_secret = client_secret
         self._refetch_interval = refetch_interval
+        # Seconds from any origin that only moves forward: the caches' ages and the refetch gap are
+        # measured on it (a test passes one it moves by hand).
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: Endpoints | None = None
         self._endpoints_at = 0.0
@@ -90,7 +95,7 @@ class OidcProvider:
 
     async def endpoints(self) -> Endpoints:
         """The discovery document, checked: its issuer must be exactly the configured one."""
-        if self._endpoints is not None and time.monotonic() - self._endpoints_at < DISCOVERY_TTL_SECONDS:
+        if self._endpoints is not None and self._clock() - self._endpoints_at < DISCOVERY_TTL_SECONDS:
             return self._endpoints
         doc = await self._get_json(self.issuer.rstrip("/") + "/.well-known/openid-configuration")
         if doc.get("issuer") != self.issuer:
@@ -106,7 +111,7 @@ class OidcProvider:
             )
         except KeyError as exc:
             raise IdpUnreachable(f"the discovery document lacks {exc.args[0]}") from None
-        self._endpoints_at = time.monotonic()
+        self._endpoints_at = self._clock()
         return self._endpoints
 
     async def signing_key(self, kid: str | None) -> jwt.PyJWK | None:
@@ -115,7 +120,7 @@ class OidcProvider:
             key = self._find(kid)
             if key is not None:
                 return key
-            if self._keys_at is not None and time.monotonic() - self._keys_at < self._refetch_interval:
+            if self._keys_at is not None and self._clock() - self._keys_at < self._refetch_interval:
                 return None
             await self._fetch_keys()
             return self._find(kid)
@@ -140,7 +145,7 @@ class OidcProvider:
                 continue
             keys[str(entry.get("kid", ""))] = key
         self._keys = keys
-        self._keys_at = time.monotonic()
+        self._keys_at = self._clock()
         log.info("jwks_fetched", keys=len(keys))
 
     async def exchange_code(self, *, code: str, code_verifier: str, redirect_uri: str) -> dict[str, Any]:

@@ -214,13 +214,17 @@ WHERE r.id = ANY(:ids)
 
 
 async def iter_chain_texts(
-    conn: AsyncConnection, f: ChainFilter, *, builders: Sequence[AsyncConnection] = ()
+    conn: AsyncConnection,
+    f: ChainFilter,
+    *,
+    builders: Sequence[AsyncConnection] = (),
+    page: int = PAGE,
 ) -> AsyncIterator[str]:
     """Every matching chain as compact JSON text, in export order, a page at a time (PostgreSQL).
 
-    `conn` finds each page's ids; the pages are written on `builders` (default: `conn` itself), one
-    page in flight on each, so that several database sessions write JSON while this one hands it
-    out in order. Memory stays at a page per builder.
+    `conn` finds each page's ids (`page` of them); the pages are written on `builders` (default:
+    `conn` itself), one page in flight on each, so that several database sessions write JSON while
+    this one hands it out in order. Memory stays at a page per builder.
     """
     writers = list(builders) or [conn]
     in_flight: deque[tuple[list[str], asyncio.Task[dict[str, Any]]]] = deque()
@@ -230,7 +234,7 @@ async def iter_chain_texts(
         while True:
             while more and len(in_flight) < len(writers):
                 # With `conn` among the writers, this waits until no page is being written on it.
-                ids, cursor = await page_ids(conn, f, cursor=cursor, limit=PAGE)
+                ids, cursor = await page_ids(conn, f, cursor=cursor, limit=page)
                 more = cursor is not None
                 if ids:
                     writer = writers[turn % len(writers)]
@@ -238,13 +242,13 @@ async def iter_chain_texts(
                     in_flight.append((ids, asyncio.ensure_future(_write_page(writer, ids))))
             if not in_flight:
                 return
-            ids, page = in_flight.popleft()
-            built = await page
+            ids, writing = in_flight.popleft()
+            built = await writing
             for request_id in ids:
                 redacts, chain = built[request_id]
                 yield _redacted(chain) if redacts else chain
     finally:  # pages still being written finish (their sessions stay usable); what they wrote is dropped
-        await asyncio.gather(*(page for _ids, page in in_flight), return_exceptions=True)
+        await asyncio.gather(*(writing for _ids, writing in in_flight), return_exceptions=True)
 
 
 async def _write_page(conn: AsyncConnection, ids: list[str]) -> dict[str, Any]:

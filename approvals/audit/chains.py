@@ -212,11 +212,13 @@ async def page_ids(
     return [row.id for row in rows[:limit]], _next_cursor(rows, limit)
 
 
-async def iter_chains(conn: AsyncConnection, f: ChainFilter) -> AsyncIterator[dict[str, Any]]:
-    """Every matching chain, a page at a time: memory stays flat however many there are."""
+async def iter_chains(
+    conn: AsyncConnection, f: ChainFilter, *, page: int = PAGE
+) -> AsyncIterator[dict[str, Any]]:
+    """Every matching chain, `page` at a time: memory stays flat however many there are."""
     cursor: str | None = None
     while True:
-        chains, cursor = await chain_page(conn, f, cursor=cursor, limit=PAGE)
+        chains, cursor = await chain_page(conn, f, cursor=cursor, limit=page)
         for chain in chains:
             yield chain
         if cursor is None:
