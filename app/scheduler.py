@@ -93,9 +93,11 @@ async def purge_idempotency_keys_job(container: Container) -> int:
         return await purge_idempotency_keys(conn, keep=keep)
 
 
-def _guarded(
+def guarded(
     name: str, job: Callable[[Container], Awaitable[int]], container: Container
 ) -> Callable[[], Awaitable[None]]:
+    """The job as the scheduler runs it: a failure is logged with its traceback, a cancellation is not."""
+
     async def run() -> None:
         # A failed sweep (database restarting, say) is logged and simply tried again next tick.
         try:
@@ -118,42 +120,42 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
     interval = container.settings.scheduler_interval_seconds
     defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     scheduler.add_job(
-        _guarded("expire_requests", expire_requests_job, container),
+        guarded("expire_requests", expire_requests_job, container),
         "interval",
         seconds=interval,
         id="expire_requests",
         **defaults,
     )
     scheduler.add_job(
-        _guarded("dispatch_outbox", dispatch_outbox_job, container),
+        guarded("dispatch_outbox", dispatch_outbox_job, container),
         "interval",
         seconds=interval,
         id="dispatch_outbox",
         **defaults,
     )
     scheduler.add_job(
-        _guarded("stranded_clicks", stranded_clicks_job, container),
+        guarded("stranded_clicks", stranded_clicks_job, container),
         "interval",
         seconds=max(interval, 2.0),
         id="stranded_clicks",
         **defaults,
     )
     scheduler.add_job(
-        _guarded("reminders", reminders_job, container),
+        guarded("reminders", reminders_job, container),
         "interval",
         seconds=max(interval, 5.0),
         id="reminders",
         **defaults,
     )
     scheduler.add_job(
-        _guarded("audit_checkpoint", checkpoint_job, container),
+        guarded("audit_checkpoint", checkpoint_job, container),
         "interval",
         seconds=container.settings.checkpoint_interval_seconds,
         id="audit_checkpoint",
         **defaults,
     )
     scheduler.add_job(
-        _guarded("purge_idempotency_keys", purge_idempotency_keys_job, container),
+        guarded("purge_idempotency_keys", purge_idempotency_keys_job, container),
         "interval",
         hours=1,
         id="purge_idempotency_keys",

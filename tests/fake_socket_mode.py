@@ -46,8 +46,8 @@ class FakeSlackWithSocket(SandboxSlack):
             await self._ws_runner.cleanup()
         await super().stop()
 
-    def _handlers(self) -> dict[str, Handler]:
-        return {**super()._handlers(), "apps.connections.open": lambda _: {"ok": True, "url": self._ws_url}}
+    def handlers(self) -> dict[str, Handler]:
+        return {**super().handlers(), "apps.connections.open": lambda _: {"ok": True, "url": self._ws_url}}
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         # Pings are answered by hand, so that a socket can be made to go silent without closing.

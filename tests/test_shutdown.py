@@ -109,7 +109,7 @@ async def test_sigterm_while_a_sweep_waits_on_the_database_stops_cleanly_without
 async def test_a_sweep_that_fails_is_still_logged_with_its_traceback_and_a_cancelled_one_is_not() -> None:
     from structlog.testing import capture_logs
 
-    from app.scheduler import _guarded
+    from app.scheduler import guarded
 
     started = asyncio.Event()
 
@@ -122,11 +122,11 @@ async def test_a_sweep_that_fails_is_still_logged_with_its_traceback_and_a_cance
         raise RuntimeError("database on fire")
 
     with capture_logs() as logs:
-        task = asyncio.get_running_loop().create_task(_guarded("stuck", stuck, None)())  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(guarded("stuck", stuck, None)())  # type: ignore[arg-type]
         await started.wait()
         task.cancel()
         await task  # ends normally: the cancellation was the sweep's end, not a failure
-        await _guarded("broken", broken, None)()  # type: ignore[arg-type]
+        await guarded("broken", broken, None)()  # type: ignore[arg-type]
 
     assert [(e["event"], e["job"], e["log_level"]) for e in logs] == [
         ("job_cancelled", "stuck", "info"),
