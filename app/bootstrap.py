@@ -1,86 +1,44 @@
-"""The composition root: builds the engine, policies, metrics and web application from settings."""
+"""The composition root: builds the engine, policies, dispatcher and adapters from settings.
+
+What it builds is held by an app.container.Container; this module knows how the parts are made and
+wired from the settings (the outbox lease, for one), app.slack.runtime how Slack's are.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import os
 import socket
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
-from app.checkpoint_keys import CheckpointKey, CheckpointKeyError, load_checkpoint_key
+from app.checkpoint_keys import CheckpointKeyError, load_checkpoint_key
 from app.config import Settings
+from app.container import Container as Container  # re-exported: what build_container returns
 from app.database import build_engine, database_url_of
 from app.delivery.callbacks import CALLBACK_CONCURRENCY, CallbackDelivery
 from app.dispatcher import OutboxDispatcher
 from app.embedded_postgres import EmbeddedDatabaseError
-from app.http.auth import PrincipalCache
-from app.metrics import Metrics
 from app.migrate import schema_state, upgrade_to_head
 from app.oidc.provider import OidcProvider
 from app.ssrf import CallbackAllowList
 from app.statement_timeout import unbounded
-from app.waiters import RequestWaiters
 from app.witnesses import HttpWitness, SlackWitness, WitnessFile
 from approvals.audit.witnessing import WITNESS_HTTP, WITNESS_SLACK
 from approvals.delivery.outbox import CALLBACK
 from approvals.policies.policy_file import LoadedPolicies, load_policies
-from approvals.policies.versions import ActivePolicies, record_policy_version
+from approvals.policies.versions import record_policy_version
 from approvals.requests.reminders import schedule_missing_reminders
-
-if TYPE_CHECKING:
-    from app.slack.runtime import SlackRuntime
 
 log = structlog.get_logger("approvals")
 
 
 class StartupError(Exception):
     """The service cannot start; the message tells the operator what to do."""
-
-
-@dataclass
-class Container:
-    """Everything a running service holds, built once at start and passed to whoever needs it."""
-
-    settings: Settings
-    # The pool's connections bound each statement (APPROVALS_STATEMENT_TIMEOUT_SECONDS, PostgreSQL):
-    # `interactive` is the pool as it is, for the agent API, Slack, step-up and deliveries, which must
-    # answer; `engine` is the same pool with the bound lifted, for compliance reads and sweeps.
-    engine: AsyncEngine
-    interactive: AsyncEngine
-    policies: ActivePolicies
-    allow_list: CallbackAllowList
-    dispatcher: OutboxDispatcher
-    checkpoint_key: CheckpointKey
-    waiters: RequestWaiters = field(default_factory=RequestWaiters)
-    principals: PrincipalCache = field(default_factory=PrincipalCache)
-    metrics: Metrics = field(default_factory=Metrics)
-    slack: SlackRuntime | None = None
-    oidc: OidcProvider | None = None
-    witness_file: WitnessFile | None = None
-    # PostgreSQL only: a pool of its own whose connections are in autocommit, for a use case that
-    # writes in exactly one statement (then its own transaction, atomic as any): BEGIN and COMMIT
-    # cost such a use case two of its three round trips. See approvals.requests.use_cases.is_one_statement.
-    single_statements: AsyncEngine | None = None
-
-    async def dispose(self) -> None:
-        """Close every pooled connection."""
-        await self.engine.dispose()
-        if self.single_statements is not None:
-            await self.single_statements.dispose()
-
-    def committed(self, request_id: str, enqueued: frozenset[str] | None = None) -> None:
-        """After a commit that changed a request: wake its long-pollers, deliver its outbox rows now.
-
-        `enqueued` (when the caller knows it) names the outbox kinds the commit queued: a dispatcher
-        with no handler for any of them is not woken for a sweep that could deliver nothing.
-        """
-        self.waiters.notify(request_id)
-        self.dispatcher.kick(enqueued)
 
 
 async def prepare_database(engine: AsyncEngine, settings: Settings) -> None:
@@ -172,7 +130,7 @@ async def build_container(
         single_statements=build_engine(url, isolation_level="AUTOCOMMIT", **pool),
         policies=policies,
         allow_list=CallbackAllowList.parse(settings.callback_allow_hosts),
-        dispatcher=OutboxDispatcher(bounded),
+        dispatcher=OutboxDispatcher(bounded, lease=dt.timedelta(seconds=settings.outbox_lease_seconds)),
         checkpoint_key=checkpoint_key,
         oidc=build_oidc(settings),
     )
@@ -182,6 +140,8 @@ async def build_container(
     )
     container.dispatcher.on_close(callbacks.close)
     if settings.slack_enabled:
+        # Imported here so that Slack's libraries load only when Slack is configured: the CLI's
+        # commands import this module too (a quarter second each on a slow host).
         from app.slack.runtime import build_slack
 
         container.slack = build_slack(

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     # Longest one SQL statement of the agent API, Slack and step-up may run on PostgreSQL; 0: no limit.
     statement_timeout_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # How long an outbox row claimed by one process stays invisible to the others; a row whose process
+    # died mid-delivery is retried once it runs out. It must exceed the longest delivery (Slack and
+    # callback timeouts are 10 s): a lease that runs out while its delivery is in flight lets another
+    # replica deliver the same row again. Tests shorten it to retake a killed process's rows quickly.
+    outbox_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     checkpoint_key: SecretStr | None = None  # base64 Ed25519 seed; else the key file below
     checkpoint_key_file: Path = Path("var/checkpoint.key")

@@ -17,12 +17,12 @@ from typing import Literal
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.failpoints import failpoint, outbox_lease
+from app.failpoints import failpoint
 from approvals.delivery.outbox import Attempt, Claimed, claim_due, settle_many
 
 log = structlog.get_logger("approvals.outbox")
 
-LEASE = dt.timedelta(seconds=60)
+LEASE = dt.timedelta(seconds=60)  # the default of APPROVALS_OUTBOX_LEASE_SECONDS (app/config.py)
 BATCH = 50  # rows leased per kind and claim (claim_due asks each kind on its own)
 # Deliveries of one kind in flight at once, unless register() says otherwise. Slack's kinds keep it
 # low (rate limits); agent callbacks, which wait on other people's servers, register more.
@@ -65,12 +65,11 @@ class OutboxDispatcher:
         engine: AsyncEngine,
         *,
         debounce: float = DEBOUNCE_SECONDS,
-        lease: dt.timedelta | None = None,
+        lease: dt.timedelta = LEASE,
     ) -> None:
         self._engine = engine
-        # How long a claimed row stays invisible to other sweeps; APPROVALS_OUTBOX_LEASE_SECONDS
-        # overrides the default (see app/failpoints.py).
-        self._lease = lease if lease is not None else outbox_lease(LEASE)
+        # How long a claimed row stays invisible to other sweeps (the outbox_lease_seconds setting).
+        self._lease = lease
         self._handlers: dict[str, Handler] = {}
         self._concurrency: dict[str, int] = {}
         self._preparers: dict[str, Preparer] = {}

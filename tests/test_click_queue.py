@@ -11,14 +11,15 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import app.slack.clicks as clicks_module
-from app.slack.clicks import DECIDING_AT_ONCE
+from app.sandbox.slack_api import TEAM_ID
+from app.slack.clicks import DECIDING_AT_ONCE, ClickProcessor
 from tests.conftest import offer
 from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service
@@ -52,6 +53,35 @@ DECISIONS = "SELECT count(*) FROM decisions"
 
 async def _count(conn: AsyncConnection, query: str) -> int:
     return int((await conn.execute(text(query))).scalar_one())
+
+
+def _processor(
+    slack: SlackApi, *, after_commit: Callable[[str], None] | None = None, **limits: Any
+) -> ClickProcessor:
+    """A click processor of the test's own, with its own limits, on the service's pool and Slack."""
+    assert slack.container.slack is not None
+    return ClickProcessor(
+        engine=slack.container.interactive,
+        client=slack.container.slack.client,
+        directory=slack.container.slack.directory,
+        after_commit=after_commit or slack.container.committed,
+        **limits,
+    )
+
+
+async def _store_approval(processor: ClickProcessor, request_id: str, n: int) -> int:
+    """Store an Approve click by U01COO as the listener would, undecided; returns its id."""
+    payload = {
+        "choice": "approve",
+        "user_id": "U01COO",
+        "team_id": TEAM_ID,
+        "action_ts": f"1700000400.{n:06d}",
+        "channel_id": "C0HIRING",
+        "message_ts": "1.000100",
+    }
+    click_id = await processor.accept(dedupe_key=f"test:{n}", request_id=request_id, payload=payload)
+    assert click_id is not None
+    return click_id
 
 
 def _working_tasks() -> int:
@@ -90,23 +120,22 @@ async def test_a_backlog_waits_as_ids_for_a_few_workers_and_each_click_is_decide
     assert (decided, pending) == (len(ids), 0)
 
 
-async def test_clicks_beyond_the_queue_wait_in_the_inbox_for_the_sweep(
-    slack: SlackApi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(clicks_module, "MAX_WAITING", 2)
-    monkeypatch.setattr(clicks_module, "STRANDED_AFTER", dt.timedelta(0))
-    assert slack.container.slack is not None
-    processor = slack.container.slack.clicks
+async def test_clicks_beyond_the_queue_wait_in_the_inbox_for_the_sweep(slack: SlackApi) -> None:
+    processor = _processor(slack, max_waiting=2, stranded_after=dt.timedelta(0))
     ids = await _pending(slack, 6)
     async with slack.container.engine.connect() as blocker:
         await blocker.execute(text("SELECT id FROM requests FOR UPDATE"))
-        await _click_all(slack, ids)
+        for n, request_id in enumerate(ids):
+            processor.submit(await _store_approval(processor, request_id, n))
         await blocker.rollback()
-    # The two queued are decided; the four that did not fit are still stored, undecided.
+    # The two queued are decided; the four that did not fit are still stored, undecided: nothing
+    # else queues them (the service's own processor never saw them, and no sweep runs here).
     async with slack.container.engine.connect() as conn:
 
         async def queued_ones_decided() -> bool:
-            return await _count(conn, DECISIONS) == 2 and not processor._queued
+            decided = await _count(conn, DECISIONS) == 2
+            await conn.rollback()
+            return decided
 
         await eventually(queued_ones_decided, what="the two queued clicks to be decided")
         decided = await _count(conn, DECISIONS)
@@ -122,6 +151,7 @@ async def test_clicks_beyond_the_queue_wait_in_the_inbox_for_the_sweep(
     await eventually(swept, what="the sweep to decide every stored click")
     for request_id in ids:
         assert (await slack.final(request_id))["status"] == "approved"
+    processor.close()
 
 
 def test_serve_freezes_what_exists_at_start_and_collects_young_objects_less_often() -> None:
@@ -140,28 +170,28 @@ async def any_slack(database_url: str) -> AsyncIterator[SlackApi]:
         yield api
 
 
-async def test_a_click_submitted_as_the_workers_stop_still_gets_a_worker(
-    any_slack: SlackApi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Workers that found the queue empty give their slot back as they stop, not a loop turn later."""
-    assert any_slack.container.slack is not None
-    processor = any_slack.container.slack.clicks
-    decided: list[int] = []
+async def test_a_click_submitted_as_the_workers_stop_still_gets_a_worker(any_slack: SlackApi) -> None:
+    """A worker that found the queue empty gives its slot back as it stops, not a loop turn later."""
+    first, second = await _pending(any_slack, 2)
+    later: list[int] = []
+    loop = asyncio.get_running_loop()
 
-    async def decide_at_once(click_id: int) -> None:  # the decision itself is not what is tested here
-        decided.append(click_id)
+    def after_commit(request_id: str) -> None:
+        any_slack.container.committed(request_id)
+        if request_id == first:
+            # Submitted on the next loop turn: by then the one worker has decided the first click,
+            # found nothing more queued and stopped, and the task's done callbacks are still to run.
+            loop.call_soon(processor.submit, later[0])
 
-    monkeypatch.setattr(processor, "process", decide_at_once)
-    for click_id in range(1, DECIDING_AT_ONCE + 1):
-        processor.submit(click_id)
-    await asyncio.sleep(0)  # every worker runs, drains the queue and stops, in this one loop turn
-    processor.submit(99)
+    processor = _processor(any_slack, after_commit=after_commit, deciding_at_once=1)
+    first_click = await _store_approval(processor, first, 0)
+    later.append(await _store_approval(processor, second, 1))
+    processor.submit(first_click)
 
-    async def late_click_decided() -> bool:
-        return 99 in decided
-
-    await eventually(late_click_decided, what="the click submitted as the workers stopped to be decided")
-    assert decided == [*range(1, DECIDING_AT_ONCE + 1), 99]
+    # No sweep runs here: the second click is decided only if its submit found a free worker slot.
+    assert (await any_slack.final(first))["status"] == "approved"
+    assert (await any_slack.final(second))["status"] == "approved"
+    processor.close()
 
 
 async def test_a_click_for_a_request_that_does_not_exist_leaves_the_inbox(any_slack: SlackApi) -> None:

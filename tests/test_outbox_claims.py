@@ -3,17 +3,25 @@
 With Slack switched off (no Slack settings) the service still queues card posts and updates, for a
 replica or a later restart that has Slack configured. Those rows must neither stand in front of the
 callbacks this process can deliver, nor be touched, nor make every claim walk past them.
+
+A claimed row is leased for APPROVALS_OUTBOX_LEASE_SECONDS (a validated setting): the lease a row in
+flight carries is the configured one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
 
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import ConfigError, load_settings
 from approvals.db import db_now
 from approvals.delivery.outbox import (
     CALLBACK,
@@ -24,7 +32,8 @@ from approvals.delivery.outbox import (
     outbox_row,
 )
 from approvals.tables import outbox
-from tests.conftest import Api, offer
+from tests.conftest import Api, make_settings, offer, start_service, stop_service
+from tests.eventually import eventually
 from tests.receiver import Receiver
 
 WAITING = 3000  # Slack rows queued while Slack is off, all due (and due earlier than the callback)
@@ -125,3 +134,55 @@ async def test_waiting_slack_rows_neither_block_nor_slow_callbacks_and_are_kept(
         await conn.rollback()
     assert sorted(c.kind for c in taken) == [SLACK_NOTIFY] * 10 + [SLACK_UPDATE] * 10
     assert {c.dedupe_key for c in taken} <= {f"waiting:{i}" for i in range(40)}
+
+
+async def test_a_row_in_flight_is_leased_for_the_configured_time(database_url: str) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(_request: web.Request) -> web.Response:  # the agent answers only when told to
+        arrived.set()
+        await release.wait()
+        return web.Response(text="ok")
+
+    hook = web.Application()
+    hook.router.add_post("/hook", hold)
+    agent = TestServer(hook, host="127.0.0.1")
+    await agent.start_server()
+    container, server = await start_service(
+        database_url, callback_allow_hosts=["127.0.0.1"], outbox_lease_seconds=900
+    )
+    try:
+        async with ClientSession() as session:
+            api = Api(session=session, base=str(server.make_url("")), key="", container=container)
+            api.key = await api.add_agent("cb-bot", ["read_*"])
+            body = offer(action="read_mail", callback_url=str(agent.make_url("/hook")))
+            assert (await api.post("/v1/requests", body)).status == 201
+
+            async def delivering() -> bool:
+                return arrived.is_set()
+
+            await eventually(delivering, what="the callback to reach the agent")
+            async with container.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(outbox.c.next_attempt_at, outbox.c.updated_at).where(outbox.c.kind == CALLBACK)
+                    )
+                ).one()
+            release.set()
+            await container.dispatcher.run_until_idle()
+    finally:
+        release.set()
+        await stop_service(container, server)
+        await agent.close()
+    assert row.next_attempt_at - row.updated_at == dt.timedelta(seconds=900)
+
+
+def test_the_lease_setting_is_read_from_its_variable_and_must_be_positive(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPROVALS_OUTBOX_LEASE_SECONDS", "2.5")
+    assert make_settings(database_url).outbox_lease_seconds == 2.5
+    for bad in ("0", "-1", "3601", "soon"):
+        monkeypatch.setenv("APPROVALS_OUTBOX_LEASE_SECONDS", bad)
+        with pytest.raises(ConfigError, match=r"^configuration error: APPROVALS_OUTBOX_LEASE_SECONDS: "):
+            load_settings(database_url=database_url)

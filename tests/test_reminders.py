@@ -13,7 +13,12 @@ from sqlalchemy import select, update
 
 from app.migrate import alembic_config
 from app.scheduler import reminders_job
-from approvals.requests.reminders import schedule_missing_reminders, send_due_reminders
+from approvals.requests.reminders import (
+    reminder_due,
+    reminder_targets,
+    schedule_missing_reminders,
+    send_due_reminders,
+)
 from approvals.tables import audit_events, requests
 from tests.conftest import offer
 from tests.eventually import eventually
@@ -87,6 +92,38 @@ async def test_reminders_go_once_to_approvers_who_have_not_acted(slack: SlackApi
     assert [user for user, _ in dms] == ["U02CFO"]  # U01COO already approved
     assert "Reminder (1 of 2)" in dms[0][1]
     assert (await _kinds(slack, created["id"])).count("reminder_sent") == 1
+
+
+async def test_whom_a_reminder_is_for_follows_the_decisions(slack: SlackApi) -> None:
+    created = await (await slack.post("/v1/requests", offer(action="sign_contract"))).json()
+    request_id = created["id"]
+    rule_people = ["U01COO", "U02CFO", "U01COO"]  # as a directory might list them, one twice
+
+    async def reminders() -> tuple[list[str], list[str]]:
+        async with slack.container.engine.connect() as conn:
+            targets = await reminder_targets(conn, request_id)
+            due = [user for user in ("U01COO", "U02CFO") if await reminder_due(conn, request_id, user)]
+        return targets.of(rule_people), due
+
+    async with slack.container.engine.connect() as conn:
+        targets = await reminder_targets(conn, request_id)
+        first = await reminder_due(conn, request_id, "U01COO")
+    assert (targets.users, targets.usergroups) == (("U01COO", "U02CFO"), ())
+    assert first is not None and first.title == created["title"]
+    assert await reminders() == (["U01COO", "U02CFO"], ["U01COO", "U02CFO"])
+
+    await slack.slack(block_actions(request_id, "approve_request", user="U01COO", channel="C0LEGAL"))
+
+    async def acted() -> tuple[list[str], list[str]] | None:
+        found = await reminders()
+        return found if found[0] == ["U02CFO"] else None
+
+    # One who acted is reminded no more, whether the reminder is being fanned out or about to be sent.
+    assert await eventually(acted, what="U01COO's approval to count") == (["U02CFO"], ["U02CFO"])
+
+    await slack.slack(block_actions(request_id, "approve_request", user="U02CFO", channel="C0LEGAL"))
+    assert (await slack.final(request_id))["status"] == "approved"
+    assert await reminders() == ([], [])  # decided: nobody is reminded
 
 
 async def test_the_last_reminder_escalates_and_the_added_approver_can_decide(slack: SlackApi) -> None:

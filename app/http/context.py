@@ -1,10 +1,10 @@
-"""How handlers reach the composition root: the container stored under a typed aiohttp AppKey."""
+"""How handlers reach what the service holds: the container stored under a typed aiohttp AppKey."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from app.bootstrap import Container
+from app.container import Container
 
 CONTAINER = web.AppKey("container", Container)
 

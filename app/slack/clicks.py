@@ -1,4 +1,8 @@
-"""Deciding stored clicks: resolve the clicker with Slack, then record the decision in one transaction.
+"""Deciding stored clicks: resolve the clicker with Slack, then let the domain decide in one transaction.
+
+This module only translates: who clicked (Slack's users and user groups), what to tell them (an
+ephemeral note, or a step-up link), and when to try again. Whether the click is refused, recorded or
+held for an MFA step-up is approvals.requests.click_rules.decide_click.
 
 A clicker Slack cannot resolve is asked about again with exponential back-off (the schedule is kept on
 the click's row), and after MAX_IDENTITY_ATTEMPTS the click is refused with a `click_refused` event
@@ -11,23 +15,21 @@ import asyncio
 import datetime as dt
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import connection_for
 from app.oidc.routes import step_up_url
 from app.slack.cards import ephemeral_text, step_up_prompt
 from app.slack.directory import SlackDirectory, UnknownSlackUser
-from approvals.db import db_now
 from approvals.errors import NotFound
-from approvals.identity.step_up import Held, MfaRequirement, fresh_evidence, hold_click, new_intent_id
+from approvals.identity.step_up import Held
 from approvals.requests.click_inbox import (
     NewClick,
     claim_click,
@@ -37,23 +39,13 @@ from approvals.requests.click_inbox import (
     store_clicks,
     stranded_clicks,
 )
-from approvals.requests.decisions import (
-    Click,
-    Clicker,
-    Duplicate,
-    Recorded,
-    RefusalReason,
-    Refused,
-    approver_ids,
-    lock_request,
-    record_click,
-    refuse,
-)
-from approvals.tables import requests
+from approvals.requests.click_rules import ClickOutcome, approver_groups, decide_click, refuse_click
+from approvals.requests.decisions import Click, Clicker, RefusalReason, Refused
 
 log = structlog.get_logger("approvals.slack")
 
-# A click still undecided after this long belongs to a process that died after acking it.
+# Defaults of ClickProcessor's limits. A click still undecided after STRANDED_AFTER belongs to a
+# process that died after acking it.
 STRANDED_AFTER = dt.timedelta(seconds=5)
 DECIDING_AT_ONCE = 4
 # Clicks waiting to be decided are kept as ids: a backlog costs an int each, where a listener
@@ -72,9 +64,6 @@ def identity_retry_delay(failed_attempts: int) -> dt.timedelta:
     """How long after its `failed_attempts`-th failure (1, 2, ...) a click is tried again."""
     doublings = min(max(failed_attempts - 1, 0), 16)  # bounded: the cap is reached long before
     return min(IDENTITY_RETRY_FIRST * (1 << doublings), IDENTITY_RETRY_MAX)
-
-
-Outcome = Recorded | Refused | Duplicate | Held
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,12 @@ class ClickInbox:
 
 
 class ClickProcessor:
-    """Store-then-ack, decide-after: Slack never resends an acked interaction, so we keep it first."""
+    """Store-then-ack, decide-after: Slack never resends an acked interaction, so we keep it first.
+
+    Limits: `deciding_at_once` clicks are decided at a time; at most `max_waiting` wait (as ids) for
+    a worker, the others wait in the inbox for `process_stranded`, which takes clicks left undecided
+    for `stranded_after`.
+    """
 
     def __init__(
         self,
@@ -141,14 +135,20 @@ class ClickProcessor:
         after_commit: Callable[[str], None],
         step_up: StepUpLinks | None = None,
         single_statements: AsyncEngine | None = None,
+        deciding_at_once: int = DECIDING_AT_ONCE,
+        max_waiting: int = MAX_WAITING,
+        stranded_after: dt.timedelta = STRANDED_AFTER,
     ) -> None:
         self._step_up = step_up
         self._engine = engine
         self._client = client
         self._directory = directory
         self._after_commit = after_commit
+        self._deciding_at_once = deciding_at_once
+        self._max_waiting = max_waiting
+        self._stranded_after = stranded_after
         # Deciding costs far more than storing: bounded, so a burst of clicks never delays new acks.
-        self._deciding = asyncio.Semaphore(DECIDING_AT_ONCE)
+        self._deciding = asyncio.Semaphore(deciding_at_once)
         self._inbox = ClickInbox(engine, single_statements=single_statements)
         self._waiting: deque[int] = deque()
         self._queued: set[int] = set()  # waiting or being decided by a worker
@@ -161,10 +161,10 @@ class ClickProcessor:
         return await self._inbox.store(NewClick(dedupe_key, request_id, payload))
 
     def submit(self, click_id: int) -> None:
-        """Have a stored click decided soon by one of DECIDING_AT_ONCE workers; returns at once."""
+        """Have a stored click decided soon by one of `deciding_at_once` workers; returns at once."""
         if self._closed or click_id in self._queued:
             return
-        if len(self._queued) >= MAX_WAITING:
+        if len(self._queued) >= self._max_waiting:
             if not self._full:
                 log.warning("click_queue_full", waiting=len(self._queued))  # the sweep takes the rest
             self._full = True
@@ -172,7 +172,7 @@ class ClickProcessor:
         self._full = False
         self._queued.add(click_id)
         self._waiting.append(click_id)
-        if len(self._workers) < DECIDING_AT_ONCE:
+        if len(self._workers) < self._deciding_at_once:
             worker = asyncio.get_running_loop().create_task(self._work())
             self._workers.add(worker)
 
@@ -209,45 +209,34 @@ class ClickProcessor:
             async with self._engine.begin() as conn:
                 await finish_click(conn, click_id)
 
-    async def process(self, click_id: int) -> Outcome | None:
+    async def process(self, click_id: int) -> ClickOutcome | None:
         """Decide one stored click; None when another process has it or it is already decided."""
         async with self._deciding:
             return await self._process(click_id)
 
-    async def _process(self, click_id: int) -> Outcome | None:
+    async def _process(self, click_id: int) -> ClickOutcome | None:
         async with self._engine.connect() as conn:
             stored = await read_click(conn, click_id)
             if stored is None or stored.status != "pending":
                 return None
-            rule = (
-                await conn.execute(select(requests.c.policy_rule).where(requests.c.id == stored.request_id))
-            ).scalar()
+            groups = await approver_groups(conn, stored.request_id)
         payload = dict(stored.payload)
-        _users, groups = approver_ids(rule)
         try:
-            clicker = await self._directory.clicker(payload["user_id"], payload.get("team_id"), groups)
+            clicker = await self._directory.clicker(payload["user_id"], payload.get("team_id"), list(groups))
         except (UnknownSlackUser, SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             return await self._unresolved(stored, payload, exc)
-        click = Click(
-            request_id=stored.request_id,
-            choice=payload["choice"],
-            clicker=clicker,
-            action_ts=payload["action_ts"],
-            reason=payload.get("reason"),
-        )
-        requirement = MfaRequirement.of(rule)
+        click = _click_of(stored.request_id, payload, clicker)
+        issuer = self._step_up.issuer if self._step_up is not None else None
         async with self._engine.begin() as conn:
             if await claim_click(conn, click_id) is None:
                 return None
-            if requirement is None:
-                outcome: Outcome = await record_click(conn, click)
-            else:
-                outcome = await self._decide_with_mfa(conn, click, requirement)
+            outcome = await decide_click(conn, click, mfa_issuer=issuer)
             await finish_click(conn, click_id)
         self._after_commit(stored.request_id)
         if isinstance(outcome, Refused):
             await self._tell(payload, ephemeral_text(outcome.reason))
         elif isinstance(outcome, Held):
+            # Held only when an issuer was given, so the links are configured.
             assert self._step_up is not None
             url = step_up_url(self._step_up.public_url, outcome.intent_id)
             text, blocks = step_up_prompt(url, click.choice, outcome.expires_at)
@@ -286,16 +275,11 @@ class ClickProcessor:
             reason: RefusalReason = (
                 "unknown_user" if isinstance(exc, UnknownSlackUser) else "identity_unavailable"
             )
-            click = Click(
-                request_id=stored.request_id,
-                choice=payload["choice"],
-                clicker=Clicker(
-                    user_id=payload["user_id"], team_id=payload.get("team_id"), name=None, email=None
-                ),
-                action_ts=payload["action_ts"],
-                reason=payload.get("reason"),
+            # Who clicked, as far as the payload says: Slack gave no name, email or groups.
+            unresolved = Clicker(
+                user_id=payload["user_id"], team_id=payload.get("team_id"), name=None, email=None
             )
-            outcome = await refuse(conn, click, reason, await lock_request(conn, stored.request_id))
+            outcome = await refuse_click(conn, _click_of(stored.request_id, payload, unresolved), reason)
             await finish_click(conn, stored.id)
         self._after_commit(stored.request_id)
         log.warning(
@@ -303,20 +287,6 @@ class ClickProcessor:
         )
         await self._tell(payload, ephemeral_text(reason))
         return outcome
-
-    async def _decide_with_mfa(
-        self, conn: AsyncConnection, click: Click, requirement: MfaRequirement
-    ) -> Outcome:
-        """A fresh step-up from earlier counts now; otherwise the click waits for one."""
-        if self._step_up is None:
-            # Only a request judged under an older policy file can get here: never decide without MFA.
-            request = await lock_request(conn, click.request_id)
-            return await refuse(conn, click, "mfa_unavailable", request)
-        now = await db_now(conn)
-        evidence = await fresh_evidence(conn, click.clicker.user_id, requirement, self._step_up.issuer, now)
-        if evidence is not None:
-            return await record_click(conn, replace(click, mfa=evidence))
-        return await hold_click(conn, click, new_intent_id())
 
     async def _tell(
         self,
@@ -347,8 +317,19 @@ class ClickProcessor:
         """Queue clicks whose process died between the ack and the decision (or that waited long);
         returns how many were not queued here already."""
         async with self._engine.connect() as conn:
-            ids = await stranded_clicks(conn, older_than=STRANDED_AFTER)
+            ids = await stranded_clicks(conn, older_than=self._stranded_after)
         new = [click_id for click_id in ids if click_id not in self._queued]
         for click_id in new:
             self.submit(click_id)
         return len(new)
+
+
+def _click_of(request_id: str, payload: dict[str, Any], clicker: Clicker) -> Click:
+    """The click as the domain takes it, from the payload the listener stored."""
+    return Click(
+        request_id=request_id,
+        choice=payload["choice"],
+        clicker=clicker,
+        action_ts=payload["action_ts"],
+        reason=payload.get("reason"),
+    )

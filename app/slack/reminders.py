@@ -5,24 +5,24 @@ from __future__ import annotations
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.dispatcher import Settlement
 from app.slack.cards import escape_mrkdwn
 from app.slack.delivery import classify
 from app.slack.directory import SlackDirectory
-from approvals.delivery.notifications import messages_of
 from approvals.delivery.outbox import Claimed, enqueue
-from approvals.requests.decisions import approver_ids
-from approvals.requests.lifecycle import Status
-from approvals.tables import decisions, requests
+from approvals.requests.reminders import reminder_due, reminder_targets
 
 SLACK_REMIND_DM = "slack_remind_dm"
 
 
 class SlackReminders:
-    """Handlers for `slack_remind` (fan out) and `slack_remind_dm` (one DM, once)."""
+    """Handlers for `slack_remind` (fan out) and `slack_remind_dm` (one DM, once).
+
+    Who is reminded is approvals.requests.reminders' choice; this lists user groups' members with
+    Slack, renders the DM and sends it.
+    """
 
     def __init__(self, *, engine: AsyncEngine, client: AsyncWebClient, directory: SlackDirectory) -> None:
         self._engine = engine
@@ -32,18 +32,9 @@ class SlackReminders:
     async def fan_out(self, item: Claimed) -> Settlement:
         assert item.request_id is not None
         async with self._engine.connect() as conn:
-            rule = (
-                await conn.execute(select(requests.c.policy_rule).where(requests.c.id == item.request_id))
-            ).scalar()
-            decided = set(
-                (
-                    await conn.execute(
-                        select(decisions.c.approver_id).where(decisions.c.request_id == item.request_id)
-                    )
-                ).scalars()
-            )
-        users, groups = approver_ids(rule)
-        waiting = [user for user in await self._directory.people(users, groups) if user not in decided]
+            targets = await reminder_targets(conn, item.request_id)
+        people = await self._directory.people(list(targets.users), list(targets.usergroups))
+        waiting = targets.of(people)
         request_id, reminder = item.request_id, item.payload.get("reminder", 1)
 
         async def queue(conn: AsyncConnection) -> None:
@@ -62,22 +53,15 @@ class SlackReminders:
         assert item.request_id is not None
         user = str(item.payload["user"])
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(requests.c.title, requests.c.status, requests.c.expires_at).where(
-                        requests.c.id == item.request_id
-                    )
-                )
-            ).first()
-            cards = await messages_of(conn, item.request_id)
-        if row is None or row.status != Status.PENDING:
-            return Settlement("skipped", target=user, error="no longer pending")
-        link = next((c.permalink for c in cards if c.permalink), None)
-        expiry = int(row.expires_at.timestamp())
+            due = await reminder_due(conn, item.request_id, user)
+        if due is None:
+            return Settlement("skipped", target=user, error="no longer awaits this approver")
+        expiry = int(due.expires_at.timestamp())
+        link = due.card_permalink
         text = (
             f"Reminder ({item.payload.get('reminder')} of {item.payload.get('of')}): "
-            f"\u201c{escape_mrkdwn(row.title)}\u201d awaits your decision; it expires "
-            f"<!date^{expiry}^{{date_short_pretty}} at {{time}}|{row.expires_at.isoformat()}>."
+            f"\u201c{escape_mrkdwn(due.title)}\u201d awaits your decision; it expires "
+            f"<!date^{expiry}^{{date_short_pretty}} at {{time}}|{due.expires_at.isoformat()}>."
             + (f" <{link}|Open the card>" if link else "")
         )
         try:

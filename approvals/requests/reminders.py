@@ -1,10 +1,15 @@
 """Reminders and escalation: at each `remind_at` point, nudge approvers who have not acted; at the last
 one, add the policy's `escalate_to` approvers. Each step happens once, whichever replica runs the sweep.
+
+Who is reminded is decided here too (`reminder_targets`, `reminder_due`); the adapter expands user
+groups into people, renders the reminder and sends it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Text, cast, select, update
@@ -12,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit.events import append_event
 from approvals.db import db_now
+from approvals.delivery.notifications import messages_of
 from approvals.delivery.outbox import SLACK_NOTIFY, enqueue
 from approvals.durations import parse_duration
+from approvals.requests.decisions import approver_ids
 from approvals.requests.lifecycle import Status
-from approvals.tables import requests
+from approvals.tables import decisions, requests
 
 SLACK_REMIND = "slack_remind"
 
@@ -125,3 +132,75 @@ async def send_due_reminders(conn: AsyncConnection, *, limit: int = 500) -> int:
                     now=now,
                 )
     return steps
+
+
+@dataclass(frozen=True)
+class ReminderTargets:
+    """Whom a reminder is for: while the request awaits decisions, the approvers its rule names
+    (escalation included) who have not acted. Members of `usergroups` are people only the adapter's
+    directory can list."""
+
+    awaiting: bool
+    users: tuple[str, ...]
+    usergroups: tuple[str, ...]
+    acted: frozenset[str]
+
+    def of(self, people: Iterable[str]) -> list[str]:
+        """Of `people` (the users, then the groups' members, as the directory listed them), those to
+        remind, each once, in the order given: nobody once the request is decided, expired or gone,
+        else everyone who has not approved or rejected yet."""
+        if not self.awaiting:
+            return []
+        return [person for person in dict.fromkeys(people) if person not in self.acted]
+
+
+NOBODY = ReminderTargets(awaiting=False, users=(), usergroups=(), acted=frozenset())
+
+
+async def reminder_targets(conn: AsyncConnection, request_id: str) -> ReminderTargets:
+    """Who a request's reminder goes to (see ReminderTargets)."""
+    row = (
+        await conn.execute(
+            select(requests.c.policy_rule, requests.c.status).where(requests.c.id == request_id)
+        )
+    ).first()
+    if row is None or row.status != Status.PENDING:
+        return NOBODY
+    acted = await conn.execute(select(decisions.c.approver_id).where(decisions.c.request_id == request_id))
+    users, groups = approver_ids(row.policy_rule)
+    return ReminderTargets(
+        awaiting=True, users=tuple(users), usergroups=tuple(groups), acted=frozenset(acted.scalars())
+    )
+
+
+@dataclass(frozen=True)
+class DueReminder:
+    """What one approver's reminder says: which request, until when, and where its card is."""
+
+    title: str
+    expires_at: dt.datetime
+    card_permalink: str | None
+
+
+async def reminder_due(conn: AsyncConnection, request_id: str, approver_id: str) -> DueReminder | None:
+    """The reminder to send `approver_id` now, or None when the request no longer awaits them: it is
+    decided or expired, or they acted since the reminder was fanned out."""
+    row = (
+        await conn.execute(
+            select(requests.c.title, requests.c.status, requests.c.expires_at).where(
+                requests.c.id == request_id
+            )
+        )
+    ).first()
+    if row is None or row.status != Status.PENDING:
+        return None
+    acted = await conn.execute(
+        select(decisions.c.id).where(
+            decisions.c.request_id == request_id, decisions.c.approver_id == approver_id
+        )
+    )
+    if acted.first() is not None:
+        return None
+    cards = await messages_of(conn, request_id)
+    link = next((card.permalink for card in cards if card.permalink), None)
+    return DueReminder(title=row.title, expires_at=row.expires_at, card_permalink=link)
