@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
 from approvals.identity.auditors import add_auditor_key
-from approvals.tables import audit_events, decisions, slack_clicks
+from approvals.tables import audit_events, decisions, requests, slack_clicks
 from tests.conftest import TEST_POLICIES, offer
 from tests.eventually import eventually
 from tests.slack_helpers import SlackApi, block_actions, slack_service, slash_command, view_submission
@@ -146,6 +146,27 @@ async def test_a_non_approver_is_told_and_the_refusal_is_audited(slack: SlackApi
     assert refused["reason"] == "not_approver"
     assert refused["authorised_as"] == {"user": False, "usergroups": []}
     assert (await (await slack.get(f"/v1/requests/{request_id}")).json())["status"] == "pending"
+
+
+async def test_a_request_whose_rule_asks_for_mfa_is_never_decided_without_an_idp(slack: SlackApi) -> None:
+    """A request judged under a policy file that asked for MFA, decided by a process with no IdP."""
+    request_id, _ = await _pending_card(slack)
+    async with slack.container.engine.begin() as conn:
+        rule = (
+            await conn.execute(select(requests.c.policy_rule).where(requests.c.id == request_id))
+        ).scalar()
+        rule = {**rule, "mfa": {"required": True, "max_age": 600, "amr": ["mfa"]}}
+        await conn.execute(update(requests).where(requests.c.id == request_id).values(policy_rule=rule))
+    await slack.slack(block_actions(request_id, "approve_request", user="U01COO"))
+    assert slack.fake is not None
+    [ephemeral] = await slack.fake.wait_for_calls("chat.postEphemeral", 1)
+    assert "single sign-on is not configured" in ephemeral.params["text"]
+    [refused] = await _events(slack, request_id, "click_refused")
+    assert (refused["reason"], refused["authorised_as"]) == (
+        "mfa_unavailable",
+        {"user": True, "usergroups": []},
+    )
+    assert await _decision_count(slack, request_id) == 0
 
 
 async def test_the_requesters_principal_cannot_approve(slack: SlackApi) -> None:
@@ -284,10 +305,7 @@ async def test_clicks_on_finished_requests_are_refused_as_not_pending(slack: Sla
     if end == "cancel":
         await slack.post(f"/v1/requests/{request_id}/cancel")
     else:
-        from sqlalchemy import update
-
         from app.scheduler import expire_requests_job
-        from approvals.tables import requests
 
         async with slack.container.engine.begin() as conn:
             await conn.execute(update(requests).values(expires_at=func.current_timestamp()))
