@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from app.bootstrap import Container
+from app.container import Container
 from app.witnesses import remote_witness_kinds
 from approvals.audit.checkpoints import create_checkpoint
 from approvals.audit.witnessing import queue_publication

@@ -11,8 +11,9 @@ import sys
 import structlog
 from aiohttp import web
 
-from app.bootstrap import Container, StartupError, build_container
+from app.bootstrap import StartupError, build_container
 from app.config import Settings
+from app.container import Container
 from app.sandbox import mode as sandbox_mode
 from app.sandbox import routes as sandbox_routes
 from app.sandbox.mode import Sandbox, SandboxChoice

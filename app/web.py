@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from app.bootstrap import Container
 from app.config import MAX_BODY_BYTES
+from app.container import Container
 from app.http import agent_api, audit_api, ops
 from app.http.context import CONTAINER
 from app.http.errors import Handler, json_errors

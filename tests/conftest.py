@@ -28,8 +28,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.bootstrap import Container, build_container
+from app.bootstrap import build_container
 from app.config import Settings
+from app.container import Container
 from app.database import build_engine
 from app.embedded_postgres import embedded_database_url
 from app.migrate import upgrade_to_head

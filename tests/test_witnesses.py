@@ -17,8 +17,8 @@ from aiohttp import ClientSession
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.bootstrap import Container
 from app.config import ConfigError, load_settings
+from app.container import Container
 from app.delivery.webhooks import sign
 from app.sandbox.slack_api import SandboxSlack
 from app.witnesses import SLACK_MARKER, WitnessFile, remote_witness_kinds
