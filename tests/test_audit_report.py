@@ -85,6 +85,7 @@ class Element:
     tag: str
     attrs: dict[str, str]
     text: str = ""
+    within: tuple[str, ...] = ()  # the ids of the elements it is nested in, outermost first
 
 
 class Dom(HTMLParser):
@@ -97,14 +98,19 @@ class Dom(HTMLParser):
         self.elements: list[Element] = []
         self.open: list[tuple[Element, list[str]]] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        element = Element(tag, {k: v or "" for k, v in attrs})
+    def _element(self, tag: str, attrs: list[tuple[str, str | None]]) -> Element:
+        within = tuple(e.attrs["id"] for e, _ in self.open if e.attrs.get("id"))
+        element = Element(tag, {k: v or "" for k, v in attrs}, within=within)
         self.elements.append(element)
+        return element
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = self._element(tag, attrs)
         if tag not in self.VOID:
             self.open.append((element, []))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append(Element(tag, {k: v or "" for k, v in attrs}))
+        self._element(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
         while self.open:
@@ -134,6 +140,11 @@ class Dom(HTMLParser):
 
     def with_class(self, name: str) -> list[Element]:
         return [e for e in self.elements if name in e.attrs.get("class", "").split()]
+
+    def inside(self, ident: str) -> list[Element]:
+        """Every element nested in the one with that id."""
+        self.by_id(ident)
+        return [e for e in self.elements if ident in e.within]
 
 
 def period() -> tuple[str, str]:

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,8 +33,14 @@ from approvals.audit.chain_json import iter_chain_texts
 from approvals.audit.chains import count_chains, iter_chains
 from approvals.audit.checkpoints import create_checkpoint, latest_checkpoint
 from approvals.audit.queries import events_of_kind
-from approvals.audit.report_figures import SAMPLE_SIZE, ReportData, gather_report, read_only_snapshot
-from approvals.audit.verification import Finding, LogVerdict, verify_audit_log
+from approvals.audit.report_figures import (
+    REPORT_STEPS,
+    SAMPLE_SIZE,
+    ReportData,
+    gather_report,
+    read_only_snapshot,
+)
+from approvals.audit.verification import VERIFY_STEPS, Finding, LogVerdict, Progress, verify_audit_log
 from approvals.errors import DomainError
 from approvals.identity.auditors import NewKey, add_auditor_key
 from approvals.requests.lifecycle import STATUSES
@@ -53,6 +59,38 @@ def _key() -> CheckpointKey:
         return load_checkpoint_key(settings_or_exit())
     except CheckpointKeyError as exc:
         fail(f"error: {exc}")
+
+
+def _on_terminal() -> bool:
+    """Progress is drawn only on a terminal: in a log or a pipe, a redrawn bar is noise, and the
+    command's last line says what was done."""
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _steps(label: str, total: int) -> Iterator[Progress]:
+    """A progress bar on stderr (a terminal only) that advances a step at each call of the callable it
+    gives, naming what was just done beside the bar."""
+    latest: list[str] = []
+
+    def shown(_position: int | None) -> str | None:
+        return latest[-1] if latest else None
+
+    with click.progressbar(
+        length=total,
+        label=label,
+        file=sys.stderr,
+        hidden=not _on_terminal(),
+        show_pos=True,
+        show_eta=False,
+        item_show_func=shown,
+    ) as bar:
+
+        def advance(done: str) -> None:
+            latest.append(done)
+            bar.update(1)
+
+        yield advance
 
 
 @audit.command("verify")
@@ -130,7 +168,7 @@ def audit_verify(
         fail("error: the exported checkpoint was signed by another key than the configured one", 1)
     interval = dt.timedelta(seconds=settings.checkpoint_interval_seconds)
 
-    async def work(engine: AsyncEngine) -> tuple[LogVerdict, list[WitnessResult]]:
+    async def work(engine: AsyncEngine, progress: Progress) -> tuple[LogVerdict, list[WitnessResult]]:
         verdict = await verify_audit_log(
             engine,
             verify=key.verify,
@@ -139,6 +177,7 @@ def audit_verify(
             interval=interval,
             as_of=as_of,
             gaps_since=since,
+            progress=progress,
         )
         witnesses = await check_witnesses(
             engine,
@@ -147,13 +186,28 @@ def audit_verify(
             files=list(witness_files),
             slack_channels=list(witness_channels),
         )
+        progress(f"witnesses: {len(witnesses)} checked")
         return verdict, witnesses
 
-    verdict, witnesses = with_engine(work)
+    started = time.monotonic()
+    # The log's own checks, then the witnesses.
+    with _steps("verifying", len(VERIFY_STEPS) + 1) as progress:
+        verdict, witnesses = with_engine(lambda engine: work(engine, progress))
     # Every check beyond the log's own adds its findings here; the verdict weighs them all alike.
     findings = list(verdict.findings) + [_witness_finding(w) for w in witnesses if not w.ok]
     ok = verdict.passes(strict=strict, findings=findings)
     _print_verdict(verdict, findings, witnesses, ok=ok, strict=strict, as_json=as_json)
+    # stdout carries the verdict (as JSON, perhaps, for a program): the last line, for a person
+    # watching, goes to stderr, always.
+    warnings = sum(1 for f in findings if not f.fails_when(strict))
+    click.echo(
+        f"verified {count(verdict.chains.chains, 'chain')}, {count(verdict.chains.events, 'event')}, "
+        f"{count(verdict.checkpoints, 'checkpoint')}, {count(verdict.requests, 'request row')} and "
+        f"{len(witnesses)} {'witness' if len(witnesses) == 1 else 'witnesses'} "
+        f"in {time.monotonic() - started:.1f} s: {'OK' if ok else 'FAILED'}"
+        + (f", {count(warnings, 'warning')}" if warnings else ""),
+        err=True,
+    )
     if not ok:
         sys.exit(1)
 
@@ -355,7 +409,9 @@ def audit_export(
         conn: AsyncConnection, builders: list[AsyncConnection], stream: IO[str], fmt: str, population: int
     ) -> None:
         written = 0
-        with click.progressbar(length=population, label="exporting", file=sys.stderr) as bar:
+        with click.progressbar(
+            length=population, label="exporting", file=sys.stderr, hidden=not _on_terminal()
+        ) as bar:
             if fmt == "json":
                 stream.write(f'{{"population": {population}, "chains": [')
             elif fmt == "csv":
@@ -472,19 +528,27 @@ def audit_report(
         fail("error: --out is required: the HTML file to write")
     key = _key()
 
-    async def work(conn: AsyncConnection) -> ReportData:
+    async def work(conn: AsyncConnection, progress: Progress) -> ReportData:
         await read_only_snapshot(conn)
-        return await gather_report(conn, start=start, end=end, verify=key.verify, sample_size=sample_size)
+        return await gather_report(
+            conn, start=start, end=end, verify=key.verify, sample_size=sample_size, progress=progress
+        )
 
-    data = in_transaction(work)
+    started = time.monotonic()
+    # The figures, then the page.
+    with _steps("reporting", len(REPORT_STEPS) + 1) as progress:
+        data = in_transaction(lambda conn: work(conn, progress))
+        page = render_report(data)
+        progress("page rendered")
     try:
-        out.write_text(render_report(data), encoding="utf-8")
+        out.write_text(page, encoding="utf-8")
     except OSError as exc:
         fail(f"error: cannot write {out}: {exc.strerror}", 1)
     verification = data.verification
+    # stdout carries no data here (the file does): the last line goes there.
     click.echo(
-        f"report written to {out}: {count(data.population, 'request')}, "
-        f"{count(len(data.sample), 'sample chain')}; "
+        f"report written to {out} in {time.monotonic() - started:.1f} s: "
+        f"{count(data.population, 'request')}, {count(len(data.sample), 'sample chain')}; "
         f"verification {verification.summary}"
     )
     if not verification.ok:

@@ -1,11 +1,14 @@
-"""The plain browser pages a step-up ends on: what happened, in words, and that the window can close."""
+"""The plain browser pages a step-up ends on: what happened, in words, and that the window can close.
+
+The page is app/templates/oidc_page.html.j2, rendered with autoescaping (app.templating): the detail
+can carry an identity provider's own words, so every value is escaped on its way into the page.
+"""
 
 from __future__ import annotations
 
-import html
-
 from aiohttp import web
 
+from app.templating import environment
 from approvals.identity.step_up import FailureReason
 from approvals.requests.lifecycle import Status
 
@@ -72,16 +75,7 @@ FAILURE_PAGES: dict[FailureReason, tuple[int, str, str]] = {
 
 def page(status: int, title: str, message: str, detail: str = "") -> web.Response:
     """A self-contained page: no scripts, no external resources, every piece of text escaped."""
-    extra = f"<p class='detail'>{html.escape(detail)}</p>" if detail else ""
-    body = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem}"
-        ".detail{color:#555}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{extra}"
-        "<p>Nothing else is needed here: you can close this window.</p></body></html>"
-    )
+    body = environment().get_template("oidc_page.html.j2").render(title=title, message=message, detail=detail)
     response = web.Response(status=status, text=body, content_type="text/html")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"

@@ -11,20 +11,39 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Date, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.audit.chains import get_chain
 from approvals.audit.checkpoints import Verifier, verify_checkpoints
 from approvals.audit.events import verify_all
+from approvals.audit.verification import Progress
 from approvals.db import db_now
 from approvals.requests.lifecycle import STATUSES, Status
 from approvals.tables import agents, audit_events, decisions, requests
 
 REFUSAL_REASONS = ("not_approver", "self_approval", "not_pending", "already_decided")
+# The weekly refusals chart: each of the rules' reasons, and "other" for the rest (failed MFA step-ups'
+# reasons), so that the chart's series add up to the counts table's rows.
+REFUSAL_SERIES = (*REFUSAL_REASONS, "other")
+# How a final request ended, for the weekly chart: its status, and for approved and rejected, whether a
+# person decided or the policy did at once.
+DECISION_OUTCOMES = ("approved", "rejected", "allowed by policy", "denied by policy", "expired", "cancelled")
+# What gather_report does, in order; its progress callback is called with each as it is done.
+REPORT_STEPS = (
+    "counts",
+    "refused clicks",
+    "expiries",
+    "time to decision",
+    "weekly figures",
+    "MFA coverage",
+    "verification",
+    "sample chains",
+)
 # Refusals of a decision: a click the rules turned down, and (with MFA) a step-up that failed.
 REFUSAL_KINDS = ("click_refused", "step_up_failed")
 # Bucket edges in seconds for time-to-decision: the spans a person reasons in, not equal widths.
@@ -66,6 +85,39 @@ class DecisionTimes:
     median_seconds: float | None
     p90_seconds: float | None
     max_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Week:
+    """One ISO week (Monday to Sunday, UTC) and its count per series."""
+
+    monday: dt.date
+    counts: dict[str, int]
+
+    @property
+    def label(self) -> str:
+        """2026-W44: ISO 8601's week, whose year is the ISO year (2026-W01 may start in December 2025)."""
+        year, week, _ = self.monday.isocalendar()
+        return f"{year}-W{week:02d}"
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Weekly:
+    """Counts per ISO week and series, every week of the span listed (empty ones too), oldest first."""
+
+    series: tuple[str, ...]
+    weeks: list[Week]
+
+    @property
+    def total(self) -> int:
+        return sum(week.total for week in self.weeks)
+
+    def series_total(self, name: str) -> int:
+        return sum(week.counts[name] for week in self.weeks)
 
 
 @dataclass(frozen=True)
@@ -158,6 +210,8 @@ class ReportData:
     expiries_total: int
     mfa: MfaCoverage
     verification: Verification
+    decisions_by_week: Weekly
+    refusals_by_week: Weekly
     sample: list[dict[str, Any]] = field(default_factory=list)
     sample_size: int = SAMPLE_SIZE
 
@@ -286,6 +340,92 @@ async def _refusals(
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _week_of(column: Any) -> Any:
+    """The Monday of a timestamp's ISO week in UTC, whatever the session's time zone (PostgreSQL's
+    date_trunc('week') starts weeks on Monday, as ISO 8601 does)."""
+    return cast(func.date_trunc("week", func.timezone("UTC", column)), Date)
+
+
+def monday_of(moment: dt.datetime) -> dt.date:
+    day = moment.astimezone(dt.UTC).date()
+    return day - dt.timedelta(days=day.weekday())
+
+
+def decision_outcome(status: str, decided_by: str | None) -> str:
+    """The DECISION_OUTCOMES entry of a final request."""
+    if decided_by == "policy" and status == Status.APPROVED:
+        return "allowed by policy"
+    if decided_by == "policy" and status == Status.REJECTED:
+        return "denied by policy"
+    return str(status)
+
+
+def weekly(
+    series: tuple[str, ...], counts: Iterable[tuple[dt.date, str, int]], first: dt.date, last: dt.date
+) -> Weekly:
+    """Every week from the one of `first` to the one of `last` (and any later week a count falls in),
+    with the counts (Monday, series, n) added up."""
+    per_week: dict[dt.date, Counter[str]] = {}
+    for monday, name, n in counts:
+        if name not in series:
+            raise ValueError(f"{name!r} is none of the series {series}")
+        per_week.setdefault(monday, Counter())[name] += n
+    week = first - dt.timedelta(days=first.weekday())
+    end = max([last - dt.timedelta(days=last.weekday()), *per_week])
+    weeks = []
+    while week <= end:
+        found = per_week.get(week, Counter())
+        weeks.append(Week(week, {name: found[name] for name in series}))
+        week += dt.timedelta(weeks=1)
+    return Weekly(series, weeks)
+
+
+async def _by_week(
+    conn: AsyncConnection, start: dt.datetime, end: dt.datetime, now: dt.datetime
+) -> tuple[Weekly, Weekly]:
+    """Final states per week they were reached, by outcome; refused clicks per week, by reason.
+
+    Both span the same weeks, so the two charts line up: from the period's first week to its last one
+    (or this week, for a period not over yet), and on to the last week a decision or refusal of the
+    population fell in.
+    """
+    decided = await conn.execute(
+        select(
+            _week_of(requests.c.decided_at).label("week"),
+            requests.c.status,
+            requests.c.decided_by,
+            func.count().label("n"),
+        )
+        .where(
+            *_in_period(start, end), requests.c.status != Status.PENDING, requests.c.decided_at.is_not(None)
+        )
+        .group_by("week", requests.c.status, requests.c.decided_by)
+    )
+    decisions_counts = [
+        (row.week, decision_outcome(row.status, row.decided_by), int(row.n)) for row in decided
+    ]
+    reason = audit_events.c.data["reason"].as_string()
+    refused = await conn.execute(
+        select(
+            _week_of(audit_events.c.created_at).label("week"), reason.label("reason"), func.count().label("n")
+        )
+        .select_from(audit_events.join(requests, requests.c.id == audit_events.c.chain_id))
+        .where(audit_events.c.kind.in_(REFUSAL_KINDS), *_in_period(start, end))
+        .group_by("week", reason)
+    )
+    refusal_counts = [
+        (row.week, row.reason if row.reason in REFUSAL_REASONS else "other", int(row.n)) for row in refused
+    ]
+    first = monday_of(start)
+    # The period's last instant is just before `end`; weeks still to come have nothing to show.
+    last = monday_of(min(end - dt.timedelta(microseconds=1), now))
+    last = max([last, *(week for week, _, _ in decisions_counts + refusal_counts)])
+    return (
+        weekly(DECISION_OUTCOMES, decisions_counts, first, last),
+        weekly(REFUSAL_SERIES, refusal_counts, first, last),
+    )
 
 
 async def _expiries(conn: AsyncConnection, start: dt.datetime, end: dt.datetime) -> tuple[list[Expiry], int]:
@@ -419,29 +559,53 @@ async def gather_report(
     end: dt.datetime,
     verify: Verifier,
     sample_size: int = SAMPLE_SIZE,
+    progress: Progress | None = None,
 ) -> ReportData:
-    """Everything the report shows for requests created in [start, end), and the log's verification."""
+    """Everything the report shows for requests created in [start, end), and the log's verification.
+
+    `progress`, if given, is called with each of REPORT_STEPS as it is done."""
+
+    def done(step: str) -> None:
+        if progress is not None:
+            progress(step)
+
+    generated_at = await db_now(conn)
     by_status, by_decider, by_outcome, by_policy = await _counts(conn, start, end)
     population = sum(by_status.values())
+    done("counts")
     refusals_by_reason, refusals, refusals_total = await _refusals(conn, start, end)
+    done("refused clicks")
     expiries, expiries_total = await _expiries(conn, start, end)
+    done("expiries")
+    decision_times = await _decision_times(conn, start, end)
+    done("time to decision")
+    decisions_by_week, refusals_by_week = await _by_week(conn, start, end, generated_at)
+    done("weekly figures")
+    mfa = await _mfa(conn, start, end)
+    done("MFA coverage")
+    verification = await verify_log(conn, verify=verify)
+    done("verification")
+    sample = await _sample(conn, start, end, population, sample_size)
+    done("sample chains")
     return ReportData(
         start=start,
         end=end,
-        generated_at=await db_now(conn),
+        generated_at=generated_at,
         population=population,
         by_status=by_status,
         by_decider=by_decider,
         by_outcome=by_outcome,
         by_policy=by_policy,
-        decision_times=await _decision_times(conn, start, end),
+        decision_times=decision_times,
         refusals_by_reason=refusals_by_reason,
         refusals=refusals,
         refusals_total=refusals_total,
         expiries=expiries,
         expiries_total=expiries_total,
-        mfa=await _mfa(conn, start, end),
-        verification=await verify_log(conn, verify=verify),
-        sample=await _sample(conn, start, end, population, sample_size),
+        mfa=mfa,
+        verification=verification,
+        decisions_by_week=decisions_by_week,
+        refusals_by_week=refusals_by_week,
+        sample=sample,
         sample_size=sample_size,
     )

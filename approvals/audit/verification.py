@@ -11,12 +11,16 @@ its chain always fails it; the checkpoints' timeline (the newest one's age, and 
 two checkpoint intervals, where heartbeats should have been) fails it only when strict, since a
 service that was simply stopped leaves such gaps too. Callers may add findings of their own (a
 witness's copy of the checkpoints, say) to the same list.
+
+A caller that shows progress passes a plain callable (`Progress`): it is called once as each of
+VERIFY_STEPS is done, with what that step checked, in words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,11 @@ from approvals.audit.events import VerifyReport, verify_all
 # A gap is reported when checkpoints are further apart than this many intervals (heartbeats come
 # about one an interval, at most 1.75 apart: approvals.audit.checkpoints.HEARTBEAT_SHARE).
 GAP_INTERVALS = 2
+# The three independent checks verify_audit_log runs side by side; each reports itself done once.
+VERIFY_STEPS = ("hash chains", "signed checkpoints", "request rows")
+
+# Told what was just done ("hash chains: 1301 chains, 5120 events"); it must not block.
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -94,30 +103,42 @@ async def verify_audit_log(
     interval: dt.timedelta | None = None,
     as_of: dt.datetime | None = None,
     gaps_since: dt.datetime | None = None,
+    progress: Progress | None = None,
 ) -> LogVerdict:
     """Recompute every hash chain and every signed checkpoint (see verify_all, verify_checkpoints),
     compare every request row with its chain (check_consistency), and, given the checkpoint
     `interval`, report the newest checkpoint's age and every gap as seen from `as_of` (default now),
-    gaps between checkpoints only from `gaps_since` on (a log kept before heartbeats has idle gaps)."""
+    gaps between checkpoints only from `gaps_since` on (a log kept before heartbeats has idle gaps).
+    `progress`, if given, hears of each of VERIFY_STEPS as it is done, in whatever order they end."""
+
+    def done(what: str) -> None:
+        if progress is not None:
+            progress(what)
 
     async def chains() -> VerifyReport:
         async with engine.begin() as conn:
-            return await verify_all(conn, hash_in_database=hash_in_database)
+            report = await verify_all(conn, hash_in_database=hash_in_database)
+        done(f"hash chains: {report.chains} chains, {report.events} events")
+        return report
 
     async def checkpoints() -> tuple[int, CheckpointProblem | None]:
         async with engine.begin() as conn:
-            return await verify_checkpoints(
+            found = await verify_checkpoints(
                 conn, verify=verify, exported=exported, hash_in_database=hash_in_database
             )
+        done(f"signed checkpoints: {found[0]} checkpoints")
+        return found
 
     async def rows() -> tuple[Consistency, CheckpointTimeline | None]:
         async with engine.begin() as conn:
             consistency = await check_consistency(conn)
-            if interval is None:
-                return consistency, None
-            return consistency, await checkpoint_timeline(
-                conn, longest=interval * GAP_INTERVALS, as_of=as_of, since=gaps_since
-            )
+            timeline = None
+            if interval is not None:
+                timeline = await checkpoint_timeline(
+                    conn, longest=interval * GAP_INTERVALS, as_of=as_of, since=gaps_since
+                )
+        done(f"request rows: {consistency.requests} requests")
+        return consistency, timeline
 
     report, (count, problem), (consistency, timeline) = await asyncio.gather(chains(), checkpoints(), rows())
     findings = _consistency_findings(consistency)
