@@ -1,14 +1,21 @@
-"""The agent API routes (DESIGN section 4): thin handlers that parse, call one use case, and render."""
+"""The agent API routes (DESIGN section 4): thin handlers that parse, call one use case, and render.
+
+Every successful answer is a request view (approvals.requests.views.RequestView, the declaration the
+OpenAPI document is generated from); every refusal is app.http.errors.ErrorBody.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 from slack_sdk.errors import SlackClientError
 
 from app.bootstrap import Container
@@ -36,6 +43,7 @@ from approvals.requests.use_cases import (
     record_outcome,
     replay_idempotent,
 )
+from approvals.requests.views import RequestView
 
 MAX_WAIT_SECONDS = 60
 # Long-pollers re-read at least this often, to see changes made by other replicas.
@@ -62,9 +70,32 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+_REQUEST_VIEW = TypeAdapter(RequestView)
+
+
+def _view_response(
+    view: Mapping[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A request view as the answer. The use cases type it as a plain dict; it is built as a
+    RequestView (approvals.requests.views.request_view)."""
+    return web.json_response(view, status=status, headers=headers)
+
+
 def _created_response(created: Created) -> web.Response:
-    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
-    return web.json_response(created.body, status=created.status_code, headers=headers)
+    if not created.replayed:
+        return _view_response(created.body, created.status_code)
+    return _view_response(_as_first_sent(created.body), created.status_code, {"Idempotent-Replayed": "true"})
+
+
+def _as_first_sent(stored: dict[str, Any]) -> Mapping[str, Any]:
+    """A stored answer in the view's field order, as it was first sent (JSON columns sort their keys).
+    One stored by a version whose view had other fields is replayed as stored: it is still the answer
+    that request got, and it is gone a day later (purge_idempotency_keys)."""
+    try:
+        return _REQUEST_VIEW.validate_python(stored)
+    except ValidationError:
+        log.warning("replayed_answer_of_another_shape", request_id=stored.get("id"))
+        return stored
 
 
 async def post_request(request: web.Request) -> web.Response:
@@ -169,7 +200,7 @@ async def get_request_view(request: web.Request) -> web.Response:
             view = await get_request(conn, principal=principal, request_id=request_id)
         remaining = deadline - time.monotonic()
         if view["status"] in FINAL or remaining <= 0:
-            return web.json_response(view)
+            return _view_response(view)
         await container.waiters.wait(request_id, min(remaining, POLL_INTERVAL_SECONDS))
 
 
@@ -180,7 +211,7 @@ async def post_cancel(request: web.Request) -> web.Response:
     async with container.interactive.begin() as conn:
         view = await cancel_request(conn, principal=principal, request_id=request.match_info["id"])
     container.committed(view["id"])
-    return web.json_response(view)
+    return _view_response(view)
 
 
 async def post_outcome(request: web.Request) -> web.Response:
@@ -195,7 +226,7 @@ async def post_outcome(request: web.Request) -> web.Response:
             outcome=Outcome(**body.model_dump()),
         )
     container.committed(view["id"])
-    return web.json_response(view)
+    return _view_response(view)
 
 
 def register(app: web.Application) -> None:

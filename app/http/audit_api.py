@@ -1,10 +1,17 @@
-"""The compliance API (DESIGN section 6): approval chains for auditor keys, read-only."""
+"""The compliance API (DESIGN section 6): approval chains for auditor keys, read-only.
+
+Its JSON answers are ChainPage and approvals.audit.chain_view.ChainView, the declarations the
+OpenAPI document is generated from; refusals are app.http.errors.ErrorBody.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Annotated, cast
 
 from aiohttp import web
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from here before Python 3.12
 
 from app.chain_formats import (
     CSV_COLUMNS,
@@ -18,10 +25,23 @@ from app.chain_formats import (
 )
 from app.http.auth import principal_for
 from app.http.context import container_of
+from approvals.audit.chain_view import ChainView
 from approvals.audit.chains import chain_page, count_chains, get_chain
 from approvals.errors import InvalidInput
 
 MAX_LIMIT = 1000
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ChainPage(TypedDict):
+    """A page of chains, oldest first (format=json)."""
+
+    population: Annotated[int, Field(description="How many chains match the filters (X-Population).")]
+    count: Annotated[int, Field(description="How many chains this page holds.")]
+    next_cursor: Annotated[
+        str | None, Field(description="Pass as cursor for the next page; null on the last (X-Next-Cursor).")
+    ]
+    chains: list[ChainView]
 
 
 async def _auditor(request: web.Request) -> None:
@@ -65,10 +85,14 @@ async def list_chains(request: web.Request) -> web.StreamResponse:
     if next_cursor:
         headers["X-Next-Cursor"] = next_cursor
     if fmt == "json":
-        return web.json_response(
-            {"population": population, "count": len(chains), "next_cursor": next_cursor, "chains": chains},
-            headers=headers,
-        )
+        page: ChainPage = {
+            "population": population,
+            "count": len(chains),
+            "next_cursor": next_cursor,
+            # approvals.audit.chains builds each chain in ChainView's shape, typed as a plain dict.
+            "chains": cast(list[ChainView], chains),
+        }
+        return web.json_response(page, headers=headers)
     if fmt == "jsonl":
         body = "".join(jsonl(chain) for chain in chains)
     else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated
 
 import structlog
 from aiohttp import web
+from pydantic import ConfigDict, Field, with_config
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from here before Python 3.12
 
 from app.statement_timeout import is_statement_timeout
 from approvals.errors import DomainError
@@ -24,6 +26,24 @@ STATUS_BY_KIND = {
 }
 
 
+@with_config(ConfigDict(extra="forbid"))
+class ErrorDetail(TypedDict):
+    """What went wrong."""
+
+    code: Annotated[str, Field(description="Stable and machine-readable, e.g. request_not_found.")]
+    message: Annotated[str, Field(description="For people; may change.")]
+    field: Annotated[
+        str | None, Field(description="The input at fault (a dotted path, a header or a parameter), or null.")
+    ]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ErrorBody(TypedDict):
+    """Every refusal and failure of the API answers with this body (app.http.openapi documents it)."""
+
+    error: ErrorDetail
+
+
 class HttpError(DomainError):
     """A refusal made by the HTTP layer itself (bad framing, size, media type) with its own status."""
 
@@ -34,9 +54,7 @@ class HttpError(DomainError):
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
     headers = {"WWW-Authenticate": 'Bearer realm="approvals"'} if status == 401 else None
-    return web.json_response(
-        {"error": {"code": code, "message": message, "field": field}}, status=status, headers=headers
-    )
+    return web.json_response(problem(code, message, field), status=status, headers=headers)
 
 
 def domain_error_response(error: DomainError) -> web.Response:
@@ -87,6 +105,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal_error", "the service failed to handle this request")
 
 
-def problem(status: int, code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    """The error body alone, for documentation and tests."""
+def problem(code: str, message: str, field: str | None = None) -> ErrorBody:
+    """The error body."""
     return {"error": {"code": code, "message": message, "field": field}}

@@ -1,105 +1,99 @@
-"""The OpenAPI 3.1 description of the agent API; request schemas come from the models that validate."""
+"""The OpenAPI 3.1 description of the API, generated from the declarations the handlers use.
+
+Response schemas come from the TypedDicts the answers are built as (approvals.requests.views for
+requests and callbacks, approvals.audit.chain_view and app.http.audit_api for chains,
+app.http.errors for refusals) through pydantic's TypeAdapter in serialization mode; request schemas
+from the models that validate bodies (app.http.schemas). Nothing here restates a field, so the
+document cannot drift from what is sent; tests/test_openapi.py checks real answers against it.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from app.chain_formats import MEDIA_TYPES
 from app.config import MAX_BODY_BYTES
+from app.http.audit_api import ChainPage
+from app.http.errors import ErrorBody
 from app.http.schemas import CreateRequestBody, OutcomeBody
-from approvals.requests.lifecycle import STATUSES
+from approvals.audit.chain_view import ChainView
+from approvals.requests.views import CallbackEvent, RequestView
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "field"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "field": {"type": ["string", "null"]},
-            },
-        }
-    },
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+# What each answer is, by the name the paths below use for it.
+_ANSWERS: dict[str, Any] = {
+    "Request": RequestView,
+    "Error": ErrorBody,
+    "Callback": CallbackEvent,
+    "ChainPage": ChainPage,
+    "Chain": ChainView,
 }
 
-REQUEST_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "status": {"enum": [status.value for status in STATUSES]},
-        "action": {"type": "string"},
-        "title": {"type": "string"},
-        "summary": {"type": "string"},
-        "params": {"type": "object"},
-        "on_behalf_of": {"type": "string", "description": "as the agent sent it"},
-        "requester": {
-            "type": "object",
-            "description": "who on_behalf_of is, as the self-approval check compares it",
-            "required": ["email", "slack_user_id"],
-            "properties": {
-                "email": {
-                    "type": ["string", "null"],
-                    "description": "the mailbox: NFKC, casefolded, without a +tag (null for a Slack ID)",
-                },
-                "slack_user_id": {
-                    "type": ["string", "null"],
-                    "description": "the Slack user given, or resolved from the email at intake (null: not found)",
-                },
-            },
-        },
-        "links": {"type": "array", "items": {"type": "string"}},
-        "callback_url": {"type": ["string", "null"]},
-        "policy": {
-            "type": "object",
-            "properties": {"name": {"type": "string"}, "version": {"type": "integer"}},
-        },
-        "required_approvals": {"type": "integer"},
-        "decided_by": {"enum": ["policy", "human", "agent", "system", None]},
-        "reason": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "expires_at": {"type": "string", "format": "date-time"},
-        "decided_at": {"type": ["string", "null"], "format": "date-time"},
-        "decisions": {"type": "array", "items": {"type": "object"}},
-        "outcome": {"type": ["object", "null"]},
-        "delivery_error": {"type": ["string", "null"]},
-    },
-}
+
+@functools.cache
+def _generated() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(a $ref for each answer in _ANSWERS, the component schemas they and their parts need)."""
+    keyed, shared = TypeAdapter.json_schemas(
+        [(name, "serialization", TypeAdapter(answer)) for name, answer in _ANSWERS.items()],
+        ref_template=REF_TEMPLATE,
+    )
+    refs = {name: keyed[(name, "serialization")] for name in _ANSWERS}
+    return refs, {
+        **shared.get("$defs", {}),
+        # Request bodies, under the names they have always had.
+        "CreateRequest": CreateRequestBody.model_json_schema(),
+        "Outcome": OutcomeBody.model_json_schema(),
+    }
+
+
+def _json(answer: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _generated()[0][answer]}}
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): {
-            "description": "error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-        for status in statuses
-    }
+    """Refusals (4xx) and the retryable 503s (the database or Slack unavailable: Retry-After)."""
+    return {str(status): {"description": "error", "content": _json("Error")} for status in statuses}
 
 
 def _ok(status: int, description: str) -> dict[str, Any]:
-    return {
-        str(status): {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Request"}}},
-        }
-    }
+    return {str(status): {"description": description, "content": _json("Request")}}
 
 
 def _body(ref: str) -> dict[str, Any]:
     return {
         "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+        "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model=ref)}}},
     }
 
 
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+_TEXT = {"schema": {"type": "string"}}
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 def openapi_spec(server_url: str) -> dict[str, Any]:
-    """The whole document; a test keeps its paths in step with the router."""
+    """The whole document (a fresh copy: callers may change it); a test keeps its paths in step with
+    the router."""
+    return copy.deepcopy(_document(server_url))
+
+
+@functools.cache
+def _document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -110,12 +104,7 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": ERROR_SCHEMA,
-                "Request": REQUEST_SCHEMA,
-                "CreateRequest": CreateRequestBody.model_json_schema(),
-                "Outcome": OutcomeBody.model_json_schema(),
-            },
+            "schemas": _generated()[1],
         },
         "paths": {
             "/v1/requests": {
@@ -135,7 +124,7 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                         **_ok(
                             201, "created (or the first response, replayed for a repeated Idempotency-Key)"
                         ),
-                        **_errors(400, 401, 403, 409, 413, 415, 422),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 503),
                     },
                 }
             },
@@ -152,7 +141,7 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 0, "maximum": 60},
                         },
                     ],
-                    "responses": {**_ok(200, "the request"), **_errors(401, 404, 422)},
+                    "responses": {**_ok(200, "the request"), **_errors(401, 403, 404, 422, 503)},
                 }
             },
             "/v1/requests/{id}/cancel": {
@@ -160,7 +149,7 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "summary": "Withdraw a pending request",
                     "security": SECURED,
                     "parameters": [ID_PARAM],
-                    "responses": {**_ok(200, "cancelled"), **_errors(401, 404, 409)},
+                    "responses": {**_ok(200, "cancelled"), **_errors(400, 401, 403, 404, 409, 413, 415, 503)},
                 }
             },
             "/v1/requests/{id}/outcome": {
@@ -169,7 +158,10 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "security": SECURED,
                     "parameters": [ID_PARAM],
                     "requestBody": _body("Outcome"),
-                    "responses": {**_ok(200, "recorded"), **_errors(400, 401, 404, 409, 413, 415, 422)},
+                    "responses": {
+                        **_ok(200, "recorded"),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                    },
                 }
             },
             "/v1/audit/chains": {
@@ -201,7 +193,17 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         }
                     ],
-                    "responses": {"200": {"description": "a page of chains"}, **_errors(401, 403, 422)},
+                    "responses": {
+                        "200": {
+                            "description": "a page of chains: JSON, or one chain a line (jsonl), or CSV",
+                            "content": {
+                                **_json("ChainPage"),
+                                MEDIA_TYPES["jsonl"]: _TEXT,
+                                MEDIA_TYPES["csv"]: _TEXT,
+                            },
+                        },
+                        **_errors(401, 403, 422, 503),
+                    },
                 }
             },
             "/v1/audit/chains/{id}": {
@@ -209,7 +211,10 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "summary": "One approval chain (auditor keys)",
                     "security": SECURED,
                     "parameters": [ID_PARAM],
-                    "responses": {"200": {"description": "the chain"}, **_errors(401, 403, 404)},
+                    "responses": {
+                        "200": {"description": "the chain", "content": _json("Chain")},
+                        **_errors(401, 403, 404, 503),
+                    },
                 }
             },
             "/slack/events": {
@@ -218,6 +223,7 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "acknowledged"},
                         "401": {"description": "bad signature"},
+                        "404": {"description": "Slack is not configured on this service"},
                     },
                 }
             },
@@ -242,5 +248,28 @@ def openapi_spec(server_url: str) -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "spec"}}}
             },
+        },
+        "webhooks": {
+            "callback": {
+                "post": {
+                    "summary": "What the service POSTs to a request's callback_url when it reaches a final "
+                    "state and when its outcome is recorded, signed per Standard Webhooks; retried for "
+                    "24 h until a 2xx",
+                    "parameters": [
+                        _header("webhook-id", "The same on every retry of one event: deduplicate on it."),
+                        _header("webhook-timestamp", "Unix seconds when this attempt was signed."),
+                        _header(
+                            "webhook-signature",
+                            'v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"> keyed by the '
+                            "agent's whsec_ secret.",
+                        ),
+                    ],
+                    "requestBody": {"required": True, "content": _json("Callback")},
+                    "responses": {
+                        "2XX": {"description": "delivered"},
+                        "410": {"description": "stop sending callbacks for this request"},
+                    },
+                }
+            }
         },
     }
